@@ -1,0 +1,47 @@
+//! Command line (clap derive).
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weir",
+    version,
+    about = "An L7 HTTP reverse-proxy load balancer"
+)]
+pub struct Cli {
+    /// Log level or filter (RUST_LOG syntax); RUST_LOG wins when set.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve with the given configuration.
+    Run {
+        /// A YAML file, or a directory of *.yaml / *.yml files merged in name order.
+        #[arg(long, short, env = "WEIR_CONFIG")]
+        config: PathBuf,
+    },
+    /// Parse and validate a configuration, then exit.
+    Check {
+        #[arg(long, short, env = "WEIR_CONFIG")]
+        config: PathBuf,
+        /// Also print the compiled routes and pools.
+        #[arg(long, short)]
+        verbose: bool,
+    },
+    /// Start demo backends and a proxy on 127.0.0.1:8080 (HTTP) and :8443 (HTTPS).
+    Demo,
+}

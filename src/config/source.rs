@@ -1,0 +1,421 @@
+//! Reading configuration text: a file, or a directory of `*.yaml`/`*.yml` merged in name order.
+//!
+//! serde_yaml reports positions only for its own errors, so each file is also walked once with an event
+//! parser that records where every key and value sits, indexed by its path (`routes[2].pool`). Semantic
+//! errors found later (an unknown pool, a duplicate name) then point into the file like a compiler's.
+
+use super::diagnostic::{Diagnostics, Pos};
+use super::raw::{RawAdmin, RawListener, RawPool, RawRoute};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::Marker;
+
+/// Line and column (1-based) of a key and of its value.
+#[derive(Clone, Copy, Debug, Default)]
+struct Span {
+    key: Option<(usize, usize)>,
+    value: (usize, usize),
+}
+
+/// One configuration file with the position of every node in it.
+#[derive(Debug)]
+pub struct SourceFile {
+    pub name: Arc<str>,
+    spans: HashMap<String, Span>,
+}
+
+impl SourceFile {
+    fn pos(&self, (line, col): (usize, usize)) -> Pos {
+        Pos {
+            file: self.name.clone(),
+            line,
+            col,
+        }
+    }
+
+    /// The position of the value at `path`, or of the nearest enclosing node that exists.
+    pub fn value_pos(&self, path: &str) -> Pos {
+        let mut p = path;
+        loop {
+            if let Some(s) = self.spans.get(p) {
+                return self.pos(s.value);
+            }
+            match p.rfind(['.', '[']) {
+                Some(i) => p = &p[..i],
+                None => return self.pos((1, 1)),
+            }
+        }
+    }
+
+    /// The position of the key at `path` (where a key's name is the problem, as with unknown keys).
+    pub fn key_pos(&self, path: &str) -> Pos {
+        match self.spans.get(path).and_then(|s| s.key) {
+            Some(k) => self.pos(k),
+            None => self.value_pos(path),
+        }
+    }
+}
+
+/// Where an item came from, so validation can point at any of its fields.
+#[derive(Clone, Debug)]
+pub struct Origin {
+    pub file: Arc<SourceFile>,
+    pub path: String,
+}
+
+impl Origin {
+    pub fn field(&self, field: &str) -> Pos {
+        self.file.value_pos(&self.join(field))
+    }
+
+    pub fn key(&self, field: &str) -> Pos {
+        self.file.key_pos(&self.join(field))
+    }
+
+    pub fn here(&self) -> Pos {
+        self.file.value_pos(&self.path)
+    }
+
+    fn join(&self, field: &str) -> String {
+        if field.is_empty() {
+            self.path.clone()
+        } else if field.starts_with('[') {
+            format!("{}{}", self.path, field)
+        } else {
+            format!("{}.{}", self.path, field)
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Item<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+/// Every file's items, merged in file-name order; nothing interpreted yet.
+#[derive(Debug, Default)]
+pub struct RawConfig {
+    pub listeners: Vec<Item<RawListener>>,
+    pub pools: Vec<(String, Item<RawPool>)>,
+    pub routes: Vec<Item<RawRoute>>,
+    pub shutdown_timeout: Option<Item<String>>,
+    pub admin: Option<Item<RawAdmin>>,
+    pub files: Vec<Arc<str>>,
+}
+
+/// The top level of one file; each item is deserialized on its own afterwards so one bad route does
+/// not hide the errors of the next.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTop {
+    #[serde(default)]
+    listeners: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pools: serde_yaml::Mapping,
+    #[serde(default)]
+    routes: Vec<serde_yaml::Value>,
+    shutdown_timeout: Option<serde_yaml::Value>,
+    admin: Option<serde_yaml::Value>,
+}
+
+/// Reads `path` (file or directory) into a [`RawConfig`], adding every problem to `diags`.
+pub fn load(path: &Path, diags: &mut Diagnostics) -> RawConfig {
+    let mut raw = RawConfig::default();
+    let files = match list_files(path) {
+        Ok(f) => f,
+        Err(msg) => {
+            diags.error(pos_of(path, 1, 1), msg);
+            return raw;
+        }
+    };
+    for file in files {
+        let name: Arc<str> = file.display().to_string().into();
+        raw.files.push(name.clone());
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(name, &text, &mut raw, diags),
+            Err(e) => diags.error(pos_of(&file, 1, 1), format!("cannot read file: {e}")),
+        }
+    }
+    raw
+}
+
+fn pos_of(path: &Path, line: usize, col: usize) -> Pos {
+    Pos {
+        file: path.display().to_string().into(),
+        line,
+        col,
+    }
+}
+
+fn list_files(path: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read config: {e}"))?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("cannot read directory: {e}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("yaml") | Some("yml")
+                )
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err("directory holds no *.yaml or *.yml file".into());
+    }
+    Ok(files)
+}
+
+/// Parses one file's text and appends its items to `raw`.
+pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Diagnostics) {
+    let spans = match index_spans(text) {
+        Ok(s) => s,
+        Err((line, col, msg)) => {
+            let pos = Pos {
+                file: name,
+                line,
+                col,
+            };
+            diags.error(pos, format!("invalid YAML: {msg}"));
+            return;
+        }
+    };
+    let file = Arc::new(SourceFile { name, spans });
+    if text.trim().is_empty() {
+        return;
+    }
+    let top: RawTop = match serde_yaml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
+            let pos = file.pos((line, col));
+            diags.error(pos, strip_location(&e.to_string()));
+            return;
+        }
+    };
+    for (i, v) in top.listeners.into_iter().enumerate() {
+        let origin = origin(&file, format!("listeners[{i}]"));
+        if let Some(value) = item(v, &origin, diags) {
+            raw.listeners.push(Item { value, origin });
+        }
+    }
+    for (k, v) in top.pools {
+        let Some(name) = k.as_str().map(str::to_owned) else {
+            diags.error(file.value_pos("pools"), "pool names must be strings");
+            continue;
+        };
+        let origin = origin(&file, format!("pools.{name}"));
+        if let Some(value) = item(v, &origin, diags) {
+            raw.pools.push((name, Item { value, origin }));
+        }
+    }
+    for (i, v) in top.routes.into_iter().enumerate() {
+        let origin = origin(&file, format!("routes[{i}]"));
+        if let Some(value) = item(v, &origin, diags) {
+            raw.routes.push(Item { value, origin });
+        }
+    }
+    if let Some(v) = top.shutdown_timeout {
+        let origin = origin(&file, "shutdown_timeout".into());
+        if let Some(value) = item(v, &origin, diags) {
+            raw.shutdown_timeout = Some(Item { value, origin });
+        }
+    }
+    if let Some(v) = top.admin {
+        let origin = origin(&file, "admin".into());
+        if let Some(value) = item(v, &origin, diags) {
+            raw.admin = Some(Item { value, origin });
+        }
+    }
+}
+
+fn origin(file: &Arc<SourceFile>, path: String) -> Origin {
+    Origin {
+        file: file.clone(),
+        path,
+    }
+}
+
+/// Deserializes one item, turning a failure into a positioned diagnostic.
+fn item<T: DeserializeOwned>(
+    v: serde_yaml::Value,
+    origin: &Origin,
+    diags: &mut Diagnostics,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(v) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            let mut path = String::new();
+            for seg in e.path().iter() {
+                use serde_path_to_error::Segment;
+                match seg {
+                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                    Segment::Map { key } | Segment::Enum { variant: key } => {
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(key);
+                    }
+                    Segment::Unknown => {}
+                }
+            }
+            let msg = strip_location(&e.inner().to_string());
+            let pos = match unknown_field(&msg) {
+                Some(_) => origin.key(&path),
+                None => origin.field(&path),
+            };
+            let msg = if path.is_empty() {
+                msg
+            } else {
+                format!("{}.{}: {msg}", origin.path, path)
+            };
+            diags.error(pos, msg);
+            None
+        }
+    }
+}
+
+fn unknown_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+/// serde_yaml appends " at line L column C" to its messages; we print the position in front instead.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}
+
+enum Frame {
+    Map { path: String, key: Option<String> },
+    Seq { path: String, index: usize },
+}
+
+#[derive(Default)]
+struct SpanIndex {
+    stack: Vec<Frame>,
+    spans: HashMap<String, Span>,
+}
+
+impl SpanIndex {
+    /// The path the next node takes, given where the parser is; `None` when the node is a map key.
+    fn next_path(&mut self) -> Option<String> {
+        match self.stack.last_mut() {
+            None => Some(String::new()),
+            Some(Frame::Map { key: None, .. }) => None,
+            Some(Frame::Map { path, key: Some(k) }) => Some(if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            }),
+            Some(Frame::Seq { path, index }) => Some(format!("{path}[{index}]")),
+        }
+    }
+
+    /// After a value is complete, the parent moves on to its next key or element.
+    fn advance(&mut self) {
+        match self.stack.last_mut() {
+            Some(Frame::Map { key, .. }) => *key = None,
+            Some(Frame::Seq { index, .. }) => *index += 1,
+            None => {}
+        }
+    }
+
+    fn record_value(&mut self, path: &str, at: (usize, usize)) {
+        self.spans.entry(path.to_string()).or_default().value = at;
+    }
+}
+
+impl MarkedEventReceiver for SpanIndex {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let at = (mark.line(), mark.col() + 1);
+        match ev {
+            Event::Scalar(s, ..) => match self.next_path() {
+                None => {
+                    if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
+                        let full = if path.is_empty() {
+                            s.clone()
+                        } else {
+                            format!("{path}.{s}")
+                        };
+                        self.spans.entry(full).or_default().key = Some(at);
+                        *key = Some(s);
+                    }
+                }
+                Some(p) => {
+                    self.record_value(&p, at);
+                    self.advance();
+                }
+            },
+            Event::Alias(_) => {
+                if let Some(p) = self.next_path() {
+                    self.record_value(&p, at);
+                }
+                self.advance();
+            }
+            Event::MappingStart(..) | Event::SequenceStart(..) => {
+                // A collection used as a map key has no path of ours; index it under a placeholder.
+                let path = self.next_path().unwrap_or_else(|| "?".into());
+                self.record_value(&path, at);
+                self.stack.push(match ev {
+                    Event::MappingStart(..) => Frame::Map { path, key: None },
+                    _ => Frame::Seq { path, index: 0 },
+                });
+            }
+            Event::MappingEnd | Event::SequenceEnd => {
+                self.stack.pop();
+                self.advance();
+            }
+            _ => {}
+        }
+    }
+}
+
+fn index_spans(text: &str) -> Result<HashMap<String, Span>, (usize, usize, String)> {
+    let mut idx = SpanIndex::default();
+    let mut parser = Parser::new_from_str(text);
+    parser.load(&mut idx, false).map_err(|e| {
+        let m = e.marker();
+        (m.line(), m.col() + 1, e.info().to_string())
+    })?;
+    Ok(idx.spans)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_point_at_keys_and_values() {
+        let text =
+            "routes:\n  - name: a\n    pool: web\n  - name: b\n    match: { path_prefix: /x }\n";
+        let spans = index_spans(text).unwrap();
+        assert_eq!(spans["routes[0].pool"].value, (3, 11));
+        assert_eq!(spans["routes[0].pool"].key, Some((3, 5)));
+        assert_eq!(spans["routes[1].match.path_prefix"].value, (5, 27));
+        assert_eq!(spans["routes[1].name"].value, (4, 11));
+    }
+
+    #[test]
+    fn item_errors_carry_positions() {
+        let text = "listeners:\n  - name: web\n    bnd: x\nroutes:\n  - name: r\n    pool: p\n    timeout: 5\n";
+        let mut raw = RawConfig::default();
+        let mut d = Diagnostics::default();
+        load_text("f.yaml".into(), text, &mut raw, &mut d);
+        let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        assert!(errs[0].starts_with("f.yaml:3:5: "), "{errs:?}");
+        assert!(errs[0].contains("unknown field `bnd`"), "{errs:?}");
+        assert!(errs[1].starts_with("f.yaml:7:14: "), "{errs:?}");
+    }
+}

@@ -1,0 +1,237 @@
+//! Listening sockets and their accept loops.
+//!
+//! Sockets outlive configuration tables: a reload keeps every listener whose address did not change
+//! (no connection is refused, not even for a millisecond), binds new ones and closes removed ones. An
+//! accept error such as EMFILE backs off instead of spinning; a connection cap refuses new sockets
+//! cheaply while established ones keep being served.
+
+use crate::config::ListenerConfig;
+use crate::runtime::{Runtime, Shared};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Counts open client connections so a drain knows when the last one is gone.
+#[derive(Default)]
+pub struct Tracker {
+    active: AtomicUsize,
+    idle: Notify,
+}
+
+pub struct TrackGuard(Arc<Tracker>);
+
+impl Tracker {
+    pub fn enter(self: &Arc<Self>) -> TrackGuard {
+        self.active.fetch_add(1, Relaxed);
+        TrackGuard(self.clone())
+    }
+
+    pub fn active(&self) -> usize {
+        self.active.load(Relaxed)
+    }
+
+    /// Resolves once no connection is open.
+    pub async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.active() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Binds with SO_REUSEADDR and SO_REUSEPORT, so a new weir process can bind beside an old one during
+/// a binary upgrade.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    #[cfg(unix)]
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    TcpListener::from_std(s.into())
+}
+
+/// Resolves once the flag is set (a drain or stop signal); the borrow ends before it returns.
+pub async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|&s| s).await;
+}
+
+struct Running {
+    bind: SocketAddr,
+    stop: watch::Sender<bool>,
+    local: SocketAddr,
+}
+
+/// The set of running listeners, reconciled against each new table.
+pub struct Listeners {
+    running: HashMap<String, Running>,
+    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
+    drain: watch::Receiver<bool>,
+}
+
+impl Listeners {
+    pub fn new(shared: Arc<Shared>, tracker: Arc<Tracker>, drain: watch::Receiver<bool>) -> Self {
+        Listeners {
+            running: HashMap::new(),
+            shared,
+            tracker,
+            drain,
+        }
+    }
+
+    /// Binds every listener of `rt` that is not yet running and stops those `rt` no longer has.
+    /// On a bind failure nothing that was running is stopped.
+    pub fn reconcile(&mut self, rt: &Runtime) -> Result<(), String> {
+        let mut fresh = Vec::new();
+        for l in &rt.config.listeners {
+            let keep = self.running.get(&l.name).is_some_and(|r| r.bind == l.bind);
+            if !keep {
+                let reuse = self
+                    .running
+                    .values()
+                    .find(|r| r.bind == l.bind && l.bind.port() != 0);
+                if reuse.is_some() {
+                    return Err(format!(
+                        "listener {:?}: address {} is held by another listener",
+                        l.name, l.bind
+                    ));
+                }
+                let sock = bind(l.bind)
+                    .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind))?;
+                fresh.push((l.clone(), sock));
+            }
+        }
+        let wanted: Vec<&str> = rt
+            .config
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        let replaced: Vec<String> = fresh.iter().map(|(l, _)| l.name.clone()).collect();
+        self.running.retain(|name, r| {
+            let stay = wanted.contains(&name.as_str()) && !replaced.contains(name);
+            if !stay {
+                let _ = r.stop.send(true);
+                tracing::info!(listener = %name, addr = %r.local, "listener closed");
+            }
+            stay
+        });
+        for (l, sock) in fresh {
+            self.start(&l, sock);
+        }
+        Ok(())
+    }
+
+    fn start(&mut self, l: &ListenerConfig, sock: TcpListener) {
+        let local = sock.local_addr().unwrap_or(l.bind);
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        tracing::info!(listener = %l.name, addr = %local, scheme = %scheme, "listening");
+        let (stop, stopped) = watch::channel(false);
+        let ctx = AcceptCtx {
+            name: l.name.clone(),
+            shared: self.shared.clone(),
+            tracker: self.tracker.clone(),
+            drain: self.drain.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        tokio::spawn(accept_loop(sock, ctx, stopped));
+        self.running.insert(
+            l.name.clone(),
+            Running {
+                bind: l.bind,
+                stop,
+                local,
+            },
+        );
+    }
+
+    pub fn local_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.running.get(name).map(|r| r.local)
+    }
+
+    /// Stops accepting on every listener (the first step of a drain).
+    pub fn close_all(&mut self) {
+        for (_, r) in self.running.drain() {
+            let _ = r.stop.send(true);
+        }
+    }
+}
+
+struct AcceptCtx {
+    name: String,
+    shared: Arc<Shared>,
+    tracker: Arc<Tracker>,
+    drain: watch::Receiver<bool>,
+    open: Arc<AtomicUsize>,
+}
+
+async fn accept_loop(sock: TcpListener, ctx: AcceptCtx, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            _ = until_set(&mut stop) => break,
+            r = sock.accept() => r,
+        };
+        match accepted {
+            Ok((tcp, peer)) => {
+                backoff = Duration::from_millis(5);
+                admit(tcp, peer, &ctx);
+            }
+            Err(e) => {
+                // EMFILE/ENFILE and friends: wait for descriptors to free up rather than spin.
+                tracing::warn!(listener = %ctx.name, error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
+    let rt = ctx.shared.runtime.load();
+    let Some(listener) = rt.listeners.get(&ctx.name).cloned() else {
+        return;
+    };
+    let m = &ctx.shared.metrics;
+    let labels = m.listener(&listener.name);
+    if ctx.open.load(Relaxed) >= listener.config.limits.max_connections {
+        m.connections_refused.get_or_create(&labels).inc();
+        return; // dropping the socket refuses it
+    }
+    let _ = tcp.set_nodelay(true);
+    m.connections_total.get_or_create(&labels).inc();
+    let gauge = m.connections.get_or_create(&labels).clone();
+    let open = ctx.open.clone();
+    open.fetch_add(1, Relaxed);
+    gauge.inc();
+    let guard = ctx.tracker.enter();
+    let shared = ctx.shared.clone();
+    let drain = ctx.drain.clone();
+    tokio::spawn(async move {
+        let _guard = guard;
+        crate::server::serve(tcp, peer, listener, shared, drain).await;
+        open.fetch_sub(1, Relaxed);
+        gauge.dec();
+    });
+}

@@ -1,0 +1,48 @@
+//! The `weir` binary: parse the command line, start logging, run the command.
+
+use clap::Parser;
+use std::process::ExitCode;
+use weir::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Check { config, verbose } = &cli.command {
+        return match weir::app::check(config, *verbose) {
+            Ok(summary) => {
+                print!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    weir::telemetry::init(&cli.log_level, cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weir: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<()> = runtime.block_on(async {
+        match cli.command {
+            Command::Run { config } => weir::app::run(config).await?,
+            Command::Demo => weir::demo::run().await?,
+            Command::Check { .. } => unreachable!("handled above"),
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("weir: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! Body types on both sides of the proxy. Both stream frame by frame; neither buffers a whole body.
+//!
+//! [`ForwardBody`] carries a client's request body to a server. Until hyper first polls it, the client
+//! body waits in a shared slot, so after a failed connect the proxy can take it back and retry on
+//! another server: a body that was never streamed is safe to send again, whatever the method.
+//! [`ResponseBody`] carries the answer back and, when dropped (stream done or client gone), releases
+//! the server's in-flight count and writes the access-log line with the bytes really sent.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's max_body_size")]
+pub struct BodyTooLarge;
+
+/// Where a request body waits until the first attempt that really streams it.
+#[derive(Debug)]
+pub struct BodySlot {
+    body: Mutex<Option<Incoming>>,
+    hint: SizeHint,
+    pub too_large: AtomicBool,
+}
+
+impl BodySlot {
+    pub fn new(body: Incoming) -> Arc<BodySlot> {
+        Arc::new(BodySlot {
+            hint: body.size_hint(),
+            body: Mutex::new(Some(body)),
+            too_large: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether no attempt has started streaming the body yet.
+    pub fn untouched(&self) -> bool {
+        self.body.lock().map(|b| b.is_some()).unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+pub enum ForwardBody {
+    Empty,
+    Streaming {
+        slot: Arc<BodySlot>,
+        taken: Option<Incoming>,
+        limit: u64,
+        seen: u64,
+    },
+}
+
+impl ForwardBody {
+    pub fn streaming(slot: &Arc<BodySlot>, limit: Option<u64>) -> ForwardBody {
+        ForwardBody::Streaming {
+            slot: slot.clone(),
+            taken: None,
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+        }
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let ForwardBody::Streaming {
+            slot,
+            taken,
+            limit,
+            seen,
+        } = self.get_mut()
+        else {
+            return Poll::Ready(None);
+        };
+        if taken.is_none() {
+            *taken = slot.body.lock().ok().and_then(|mut b| b.take());
+        }
+        let Some(body) = taken else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    *seen += d.len() as u64;
+                    if *seen > *limit {
+                        slot.too_large.store(true, Relaxed);
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardBody::Empty => true,
+            ForwardBody::Streaming { taken, .. } => {
+                taken.as_ref().is_some_and(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ForwardBody::Empty => SizeHint::with_exact(0),
+            ForwardBody::Streaming { slot, taken, .. } => {
+                taken.as_ref().map_or_else(|| slot.hint, |b| b.size_hint())
+            }
+        }
+    }
+}
+
+/// Work to do when a response is finished: metrics, in-flight release, access log.
+pub trait Finish: Send + Sync {
+    fn finish(&mut self, bytes: u64);
+}
+
+pub struct ResponseBody {
+    kind: Kind,
+    bytes: u64,
+    finish: Option<Box<dyn Finish>>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Full(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            bytes: 0,
+            finish: None,
+        }
+    }
+
+    pub fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        ResponseBody {
+            kind: Kind::Full((!b.is_empty()).then_some(b)),
+            bytes: 0,
+            finish: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn on_finish(&mut self, f: Box<dyn Finish>) {
+        self.finish = Some(f);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.finish.take() {
+            f.finish(self.bytes);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                this.bytes += d.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_none(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream(b) => b.size_hint(),
+        }
+    }
+}

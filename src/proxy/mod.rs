@@ -1,0 +1,598 @@
+//! The request path: route → pool → pick → forward → respond. Read [`handle`] first.
+
+pub mod body;
+pub mod error;
+pub mod headers;
+mod upgrade;
+
+use crate::pool::Pool;
+use crate::router::Route;
+use crate::runtime::{ListenerRuntime, Runtime, Shared};
+use body::{BodySlot, Finish, ForwardBody, ResponseBody};
+use error::ProxyError;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What the proxy knows about the client connection a request came on.
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub listener: Arc<ListenerRuntime>,
+    pub tls: Option<TlsInfo>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub sni: Option<String>,
+    pub alpn: Option<String>,
+    pub version: &'static str,
+}
+
+impl ConnInfo {
+    fn proto(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    fn sni(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|t| t.sni.as_deref())
+    }
+}
+
+/// Everything the access log and metrics need once the response is done.
+struct Done {
+    shared: Arc<Shared>,
+    start: Instant,
+    method: Method,
+    host: String,
+    path: String,
+    status: u16,
+    listener: Arc<str>,
+    route: Option<Arc<str>>,
+    pool: Option<Arc<Pool>>,
+    server: Option<usize>,
+    reason: &'static str,
+    request_id: Option<HeaderValue>,
+    retries: u32,
+}
+
+impl Finish for Done {
+    fn finish(&mut self, bytes: u64) {
+        let dur = self.start.elapsed();
+        if let (Some(pool), Some(i)) = (&self.pool, self.server) {
+            pool.servers[i].state.in_flight.fetch_sub(1, Relaxed);
+        }
+        let upstream = match (&self.pool, self.server) {
+            (Some(p), Some(i)) => Some(p.servers[i].address.clone()),
+            _ => None,
+        };
+        self.shared.metrics.request_done(
+            &self.listener,
+            self.route.as_ref(),
+            self.pool.as_ref().map(|p| &p.name),
+            upstream.as_ref(),
+            self.status,
+            self.reason,
+            dur,
+            bytes,
+        );
+        tracing::info!(
+            target: "weir::access",
+            method = %self.method,
+            host = %self.host,
+            path = %self.path,
+            status = self.status,
+            route = %self.route.as_deref().unwrap_or("-"),
+            pool = %self.pool.as_ref().map_or("-", |p| &*p.name),
+            upstream = %upstream.as_deref().unwrap_or("-"),
+            dur_ms = format_args!("{:.3}", dur.as_secs_f64() * 1000.0),
+            bytes,
+            reason = %self.reason,
+            retries = self.retries,
+            id = %self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            listener = %self.listener,
+            "request"
+        );
+    }
+}
+
+/// Serves one client request.
+pub async fn handle(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Arc<Shared>,
+) -> Response<ResponseBody> {
+    let rt = shared.runtime.load_full();
+    let mut done = Box::new(Done {
+        shared: shared.clone(),
+        start: Instant::now(),
+        method: req.method().clone(),
+        host: crate::router::matcher::request_host(&req).to_string(),
+        path: req.uri().path().to_string(),
+        status: 0,
+        listener: conn.listener.name.clone(),
+        route: None,
+        pool: None,
+        server: None,
+        reason: "ok",
+        request_id: None,
+        retries: 0,
+    });
+    let mut resp = match serve(req, conn, &rt, &mut done).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e, &mut done),
+    };
+    if let Some(hsts) = &conn.listener.hsts {
+        resp.headers_mut()
+            .entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert_with(|| hsts.clone());
+    }
+    done.status = resp.status().as_u16();
+    resp.body_mut().on_finish(done);
+    resp
+}
+
+fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
+    done.reason = e.reason();
+    if matches!(
+        e,
+        ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout
+    ) {
+        tracing::warn!(route = done.route.as_deref().unwrap_or("-"), error = %e, "upstream failure");
+    } else {
+        tracing::debug!(error = %e, "request refused");
+    }
+    let mut r = Response::new(ResponseBody::full(e.body()));
+    *r.status_mut() = e.status();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if matches!(e, ProxyError::BadRequest(_)) {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+/// Rejects framing and routing ambiguities that a server behind us might read differently.
+fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest(
+            "both content-length and transfer-encoding",
+        ));
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one host header"));
+    }
+    if let (Some(auth), Some(host)) = (req.uri().authority(), h.get(header::HOST)) {
+        if req.version() < Version::HTTP_2
+            && !auth
+                .as_str()
+                .eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+        {
+            return Err(ProxyError::BadRequest(
+                "absolute-form uri disagrees with host",
+            ));
+        }
+    }
+    if req.version() == Version::HTTP_11
+        && !h.contains_key(header::HOST)
+        && req.uri().authority().is_none()
+    {
+        return Err(ProxyError::BadRequest("missing host header"));
+    }
+    Ok(())
+}
+
+async fn serve(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    rt: &Runtime,
+    done: &mut Done,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    check_request(&req)?;
+    if let Some(port) = conn.listener.config.redirect_https {
+        return Ok(redirect(&req, port));
+    }
+    let idx = rt
+        .router
+        .route(&req, conn.sni())
+        .ok_or(ProxyError::NoRoute)?;
+    let route = &rt.router.routes[idx];
+    done.route = Some(route.name.clone());
+    if let (Some(tls), Some(sni)) = (&conn.listener.tls, conn.sni()) {
+        let host = crate::router::matcher::request_host(&req);
+        if !host.eq_ignore_ascii_case(sni) && !tls.resolver.covers(Some(sni), host) {
+            return Err(ProxyError::Misdirected);
+        }
+    }
+    let pool = rt.pools[route.pool].clone();
+    done.pool = Some(pool.clone());
+    forward(req, conn, route, &pool, done).await
+}
+
+/// 308 to the same host and path on https at `port`.
+fn redirect<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
+    let host = crate::router::matcher::request_host(req);
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{port}{pq}")
+    };
+    let mut r = Response::new(ResponseBody::empty());
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Methods that a server may see twice without harm (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The upstream request's head, prepared once and copied per attempt.
+struct Head {
+    method: Method,
+    path_and_query: http::uri::PathAndQuery,
+    headers: HeaderMap,
+    version: Version,
+}
+
+fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery {
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let Some(prefix) = strip else {
+        return pq
+            .parse()
+            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/"));
+    };
+    let path = uri.path();
+    let rest = match path.strip_prefix(prefix.trim_end_matches('/')) {
+        Some(r) if r.is_empty() || r.starts_with('/') => r,
+        _ => path,
+    };
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let s = match uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    s.parse()
+        .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/"))
+}
+
+async fn forward(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    route: &Route,
+    pool: &Arc<Pool>,
+    done: &mut Done,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    if let Some(max) = route.max_body_size {
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ProxyError::BodyTooLarge);
+        }
+    }
+    let upgrade = upgrade::take(&mut parts);
+    let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let trailers = headers::wants_trailers(&parts.headers);
+    headers::remove_hop_by_hop(&mut parts.headers);
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(u) = &upgrade {
+        u.restore(&mut parts.headers);
+    }
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.proto(),
+        client_host.as_ref(),
+    );
+    done.request_id = Some(headers::request_id(&mut parts.headers));
+    if let Some(h) = client_host {
+        parts.headers.insert(header::HOST, h);
+    }
+    headers::apply(&route.request_headers, &mut parts.headers);
+    let pinned = pool.sticky.as_ref().and_then(|s| s.lookup(&parts.headers));
+    if let Some(s) = &pool.sticky {
+        s.strip(&mut parts.headers);
+    }
+    // The pooled client speaks HTTP/1.1 or, by ALPN or `protocol: http2`, HTTP/2 on its own.
+    let version = Version::HTTP_11;
+    let head = Head {
+        method: parts.method.clone(),
+        path_and_query: upstream_path(&parts.uri, route.strip_prefix.as_deref()),
+        headers: std::mem::take(&mut parts.headers),
+        version,
+    };
+    let slot = (!http_body::Body::is_end_stream(&body)).then(|| BodySlot::new(body));
+    let input = crate::balance::PickInput {
+        client_ip: conn.peer.ip(),
+        headers: &head.headers,
+    };
+    let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
+    loop {
+        let server = attempt.pick(pool, &input)?;
+        done.server = Some(server);
+        pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
+        pool.servers[server].state.requests.fetch_add(1, Relaxed);
+        let req = build(&head, pool, server, slot.as_ref(), route.max_body_size);
+        let sent = tokio::time::timeout(route.timeout, pool.client.request(req)).await;
+        let outcome = attempts::classify(sent, slot.as_deref());
+        match attempt.next(outcome, pool, server) {
+            attempts::Next::Respond(resp) => {
+                done.retries = attempt.retries();
+                return respond(resp, route, pool, server, pinned, conn, upgrade);
+            }
+            attempts::Next::Retry => {
+                pool.servers[server].state.in_flight.fetch_sub(1, Relaxed);
+                done.server = None;
+                done.retries = attempt.retries();
+            }
+            attempts::Next::Fail(e) => {
+                pool.servers[server].state.in_flight.fetch_sub(1, Relaxed);
+                done.server = None;
+                done.retries = attempt.retries();
+                if slot.as_ref().is_some_and(|s| s.too_large.load(Relaxed)) {
+                    return Err(ProxyError::BodyTooLarge);
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn build(
+    head: &Head,
+    pool: &Pool,
+    server: usize,
+    slot: Option<&Arc<BodySlot>>,
+    limit: Option<u64>,
+) -> Request<ForwardBody> {
+    let body = match slot {
+        Some(s) => ForwardBody::streaming(s, limit),
+        None => ForwardBody::Empty,
+    };
+    let uri = Uri::builder()
+        .scheme(if pool.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        })
+        .authority(pool.servers[server].authority.clone())
+        .path_and_query(head.path_and_query.clone())
+        .build()
+        .unwrap_or_default();
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method.clone();
+    *req.uri_mut() = uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers.clone();
+    req
+}
+
+fn respond(
+    resp: Response<Incoming>,
+    route: &Route,
+    pool: &Arc<Pool>,
+    server: usize,
+    pinned: Option<usize>,
+    conn: &ConnInfo,
+    upgrade: Option<upgrade::Pending>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = resp.into_parts();
+    let mut resp_body = ResponseBody::upstream(body);
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(u) = upgrade else {
+            return Err(ProxyError::Upstream(
+                "101 without an upgrade request".into(),
+            ));
+        };
+        let mut up = Response::from_parts(parts, ());
+        let upstream_on = hyper::upgrade::on(&mut up);
+        let (parts, ()) = up.into_parts();
+        u.splice(upstream_on);
+        resp_body = ResponseBody::empty();
+        let mut r = Response::from_parts(parts, resp_body);
+        *r.version_mut() = Version::HTTP_11;
+        return Ok(r);
+    }
+    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::apply(&route.response_headers, &mut parts.headers);
+    if let Some(s) = &pool.sticky {
+        if pinned != Some(server) {
+            parts
+                .headers
+                .append(header::SET_COOKIE, s.set_cookie(server, conn.tls.is_some()));
+        }
+    }
+    parts.version = Version::HTTP_11;
+    Ok(Response::from_parts(parts, resp_body))
+}
+
+mod attempts {
+    //! The retry policy: which failures may be tried again on another server, and how often.
+
+    use super::*;
+    use hyper_util::client::legacy::Error as ClientError;
+
+    pub enum Outcome {
+        Response(Response<Incoming>),
+        /// The request never left: the connection could not be made, the body is still ours.
+        ConnectFailed(String),
+        /// Failed after sending started (reset, closed mid-request).
+        Failed {
+            error: String,
+            body_untouched: bool,
+        },
+        TimedOut,
+    }
+
+    pub enum Next {
+        Respond(Response<Incoming>),
+        Retry,
+        Fail(ProxyError),
+    }
+
+    pub fn classify(
+        sent: Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed>,
+        slot: Option<&BodySlot>,
+    ) -> Outcome {
+        let untouched = slot.is_none_or(|s| s.untouched());
+        match sent {
+            Err(_) => Outcome::TimedOut,
+            Ok(Ok(r)) => Outcome::Response(r),
+            Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed(error_chain(&e)),
+            Ok(Err(e)) => Outcome::Failed {
+                error: error_chain(&e),
+                body_untouched: untouched,
+            },
+        }
+    }
+
+    fn error_chain(e: &dyn std::error::Error) -> String {
+        let mut s = e.to_string();
+        let mut src = e.source();
+        while let Some(inner) = src {
+            s.push_str(": ");
+            s.push_str(&inner.to_string());
+            src = inner.source();
+        }
+        s
+    }
+
+    pub struct Attempts {
+        tried: Vec<usize>,
+        retries_left: u32,
+        connect_retries_left: u32,
+        idempotent: bool,
+        pinned: Option<usize>,
+        reject_unpinned: bool,
+        retries: u32,
+    }
+
+    impl Attempts {
+        pub fn new(route: &Route, pool: &Pool, method: &Method, pinned: Option<usize>) -> Self {
+            let others = pool.servers.len().saturating_sub(1) as u32;
+            Attempts {
+                tried: Vec::new(),
+                retries_left: route.retries,
+                connect_retries_left: route.retries.max(1).min(others),
+                idempotent: idempotent(method),
+                pinned,
+                reject_unpinned: pool
+                    .sticky
+                    .as_ref()
+                    .is_some_and(|s| s.config.reject_unavailable),
+                retries: 0,
+            }
+        }
+
+        pub fn retries(&self) -> u32 {
+            self.retries
+        }
+
+        pub fn pick(
+            &mut self,
+            pool: &Pool,
+            input: &crate::balance::PickInput<'_>,
+        ) -> Result<usize, ProxyError> {
+            if let Some(p) = self.pinned.take() {
+                if pool.servers[p].serving(crate::pool::now_ms()) {
+                    self.tried.push(p);
+                    return Ok(p);
+                }
+                if self.reject_unpinned {
+                    return Err(ProxyError::StickyUnavailable);
+                }
+            }
+            let i = pool
+                .pick(input, &self.tried)
+                .ok_or(ProxyError::NoHealthyServer)?;
+            self.tried.push(i);
+            Ok(i)
+        }
+
+        pub fn next(&mut self, outcome: Outcome, pool: &Pool, server: usize) -> Next {
+            let addr = &pool.servers[server].address;
+            let (retryable, err) = match outcome {
+                Outcome::Response(r) => {
+                    let s = r.status();
+                    pool.record(server, s.is_server_error());
+                    let again =
+                        matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
+                            && self.idempotent
+                            && self.retries_left > 0;
+                    if !again {
+                        return Next::Respond(r);
+                    }
+                    tracing::info!(server = %addr, status = s.as_u16(), "retrying on another server");
+                    self.retries_left -= 1;
+                    self.retries += 1;
+                    return Next::Retry;
+                }
+                Outcome::ConnectFailed(e) => {
+                    pool.record(server, true);
+                    let ok = self.connect_retries_left > 0;
+                    if ok {
+                        self.connect_retries_left -= 1;
+                    }
+                    (ok, ProxyError::Connect(format!("{addr}: {e}")))
+                }
+                Outcome::Failed {
+                    error,
+                    body_untouched,
+                } => {
+                    pool.record(server, true);
+                    let ok = body_untouched && self.idempotent && self.retries_left > 0;
+                    if ok {
+                        self.retries_left -= 1;
+                    }
+                    (ok, ProxyError::Upstream(format!("{addr}: {error}")))
+                }
+                Outcome::TimedOut => {
+                    pool.record(server, true);
+                    (false, ProxyError::Timeout)
+                }
+            };
+            if retryable {
+                tracing::info!(server = %addr, error = %err, "retrying on another server");
+                self.retries += 1;
+                Next::Retry
+            } else {
+                Next::Fail(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! One client connection: optional TLS handshake, then hyper-util's auto builder (HTTP/1.1, HTTP/2 by
+//! ALPN, or h2c with prior knowledge on the same port), with the listener's limits and timeouts.
+
+use crate::config::ListenerLimits;
+use crate::proxy::{self, ConnInfo, TlsInfo};
+use crate::runtime::{ListenerRuntime, Shared};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// The HTTP server settings of one listener, built once per reload.
+pub struct Http {
+    builder: auto::Builder<TokioExecutor>,
+}
+
+impl Http {
+    pub fn new(limits: &ListenerLimits) -> Http {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_size)
+            .max_headers(limits.max_headers)
+            .keep_alive(true)
+            .half_close(false);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.http2_max_concurrent_streams)
+            .max_header_list_size(limits.max_header_size as u32)
+            .max_pending_accept_reset_streams(Some(50))
+            .max_local_error_reset_streams(Some(256))
+            .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
+            .keep_alive_timeout(std::time::Duration::from_secs(20))
+            .enable_connect_protocol();
+        Http { builder: b }
+    }
+}
+
+/// Serves one accepted TCP connection until it closes or a drain finishes it.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(tls) = &listener.tls else {
+        let conn = Arc::new(ConnInfo {
+            peer,
+            listener: listener.clone(),
+            tls: None,
+        });
+        return serve_http(tcp, conn, shared, shutdown).await;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let timeout = listener
+        .config
+        .tls
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
+    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .tls_handshakes
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "failed" })
+                .inc();
+            tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .tls_handshakes
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "timeout" })
+                .inc();
+            tracing::debug!(%peer, listener = %listener.name, "TLS handshake timed out");
+            return;
+        }
+    };
+    shared
+        .metrics
+        .tls_handshakes
+        .get_or_create(&crate::metrics::OutcomeLabels { outcome: "ok" })
+        .inc();
+    let (_, sc) = stream.get_ref();
+    let info = TlsInfo {
+        sni: sc.server_name().map(str::to_owned),
+        alpn: sc
+            .alpn_protocol()
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        version: match sc.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+            _ => "unknown",
+        },
+    };
+    let conn = Arc::new(ConnInfo {
+        peer,
+        listener: listener.clone(),
+        tls: Some(info),
+    });
+    serve_http(stream, conn, shared, shutdown).await
+}
+
+async fn serve_http<IO>(
+    io: IO,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let listener = conn.listener.clone();
+    let svc_conn = conn.clone();
+    let svc_shared = shared.clone();
+    let service = service_fn(move |req| {
+        let conn = svc_conn.clone();
+        let shared = svc_shared.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(req, &conn, &shared).await) }
+    });
+    let http = listener
+        .http
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(http);
+    let result = tokio::select! {
+        r = http.as_mut() => r,
+        _ = crate::listener::until_set(&mut shutdown) => {
+            http.as_mut().graceful_shutdown();
+            http.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %conn.peer, listener = %listener.name, error = %e, "connection ended with an error");
+    }
+}
