@@ -238,6 +238,9 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
     let mut diags = Diagnostics::default();
     let raw = source::load(path, &mut diags);
     let config = validate::validate(raw, &mut diags);
+    diags.items.sort_by(|a, b| {
+        (&a.pos.file, a.pos.line, a.pos.col).cmp(&(&b.pos.file, b.pos.line, b.pos.col))
+    });
     if diags.has_errors() {
         return Err(ConfigError(diags.errors().cloned().collect()));
     }
