@@ -14,6 +14,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod framing;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! ALPN, or h2c with prior knowledge on the same port), with the listener's limits and timeouts.
 
 use crate::config::ListenerLimits;
+use crate::framing::Tap;
 use crate::proxy::{self, ConnInfo, TlsInfo};
 use crate::runtime::{ListenerRuntime, Shared};
 use hyper::service::service_fn;
@@ -9,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -50,46 +52,22 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Some(tls) = &listener.tls else {
-        let conn = Arc::new(ConnInfo {
+    let ambiguous = Arc::new(AtomicBool::new(false));
+    let conn = |tls| {
+        Arc::new(ConnInfo {
             peer,
             listener: listener.clone(),
-            tls: None,
-        });
-        return serve_http(tcp, conn, shared, shutdown).await;
+            tls,
+            ambiguous: ambiguous.clone(),
+        })
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-    let timeout = listener
-        .config
-        .tls
-        .as_ref()
-        .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
-    let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            shared
-                .metrics
-                .tls_handshakes
-                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "failed" })
-                .inc();
-            tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            shared
-                .metrics
-                .tls_handshakes
-                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "timeout" })
-                .inc();
-            tracing::debug!(%peer, listener = %listener.name, "TLS handshake timed out");
-            return;
-        }
+    let Some(tls) = &listener.tls else {
+        let io = Tap::new(tcp, ambiguous.clone());
+        return serve_http(io, conn(None), shared, shutdown).await;
     };
-    shared
-        .metrics
-        .tls_handshakes
-        .get_or_create(&crate::metrics::OutcomeLabels { outcome: "ok" })
-        .inc();
+    let Some(stream) = handshake(tcp, peer, &listener, tls, &shared).await else {
+        return;
+    };
     let (_, sc) = stream.get_ref();
     let info = TlsInfo {
         sni: sc.server_name().map(str::to_owned),
@@ -102,12 +80,44 @@ pub async fn serve(
             _ => "unknown",
         },
     };
-    let conn = Arc::new(ConnInfo {
-        peer,
-        listener: listener.clone(),
-        tls: Some(info),
-    });
-    serve_http(stream, conn, shared, shutdown).await
+    // HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity to watch for.
+    if info.alpn.as_deref() == Some("h2") {
+        serve_http(stream, conn(Some(info)), shared, shutdown).await
+    } else {
+        let io = Tap::new(stream, ambiguous.clone());
+        serve_http(io, conn(Some(info)), shared, shutdown).await
+    }
+}
+
+/// The TLS handshake, bounded by the listener's `handshake_timeout` so a silent client cannot hold a
+/// socket; counted by outcome.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: &ListenerRuntime,
+    tls: &crate::tls::ServerTls,
+    shared: &Shared,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    let timeout = listener
+        .config
+        .tls
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(10), |t| t.handshake_timeout);
+    let (outcome, stream) = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => ("ok", Some(s)),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, listener = %listener.name, error = %e, "TLS handshake failed");
+            ("failed", None)
+        }
+        Err(_) => {
+            tracing::debug!(%peer, listener = %listener.name, "TLS handshake timed out");
+            ("timeout", None)
+        }
+    };
+    let label = crate::metrics::OutcomeLabels { outcome };
+    shared.metrics.tls_handshakes.get_or_create(&label).inc();
+    stream
 }
 
 async fn serve_http<IO>(

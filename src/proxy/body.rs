@@ -26,6 +26,8 @@ pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
     hint: SizeHint,
     pub too_large: AtomicBool,
+    /// The client's side of the body failed (bad chunk framing, reset): not the server's fault.
+    pub client_failed: AtomicBool,
 }
 
 impl BodySlot {
@@ -34,6 +36,7 @@ impl BodySlot {
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             too_large: AtomicBool::new(false),
+            client_failed: AtomicBool::new(false),
         })
     }
 
@@ -99,7 +102,10 @@ impl Body for ForwardBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                slot.client_failed.store(true, Relaxed);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }

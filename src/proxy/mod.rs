@@ -23,6 +23,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerRuntime>,
     pub tls: Option<TlsInfo>,
+    /// Raised by `framing::Tap` when this connection sent an ambiguously framed head.
+    pub ambiguous: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -170,6 +172,9 @@ fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
             "both content-length and transfer-encoding",
         ));
     }
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err(ProxyError::BadRequest("more than one content-length"));
+    }
     if h.get_all(header::HOST).iter().count() > 1 {
         return Err(ProxyError::BadRequest("more than one host header"));
     }
@@ -199,6 +204,9 @@ async fn serve(
     rt: &Runtime,
     done: &mut Done,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    if conn.ambiguous.load(Relaxed) {
+        return Err(ProxyError::BadRequest("ambiguous framing"));
+    }
     check_request(&req)?;
     if let Some(port) = conn.listener.config.redirect_https {
         return Ok(redirect(&req, port));
@@ -364,8 +372,13 @@ async fn forward(
                 pool.servers[server].state.in_flight.fetch_sub(1, Relaxed);
                 done.server = None;
                 done.retries = attempt.retries();
-                if slot.as_ref().is_some_and(|s| s.too_large.load(Relaxed)) {
-                    return Err(ProxyError::BodyTooLarge);
+                if let Some(s) = &slot {
+                    if s.too_large.load(Relaxed) {
+                        return Err(ProxyError::BodyTooLarge);
+                    }
+                    if s.client_failed.load(Relaxed) {
+                        return Err(ProxyError::BadRequest("malformed or aborted request body"));
+                    }
                 }
                 return Err(e);
             }
