@@ -16,6 +16,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Worker threads for the proxy (default: one per CPU core). `WEIR_WORKERS` may stand in.
+    #[arg(long, global = true, env = "WEIR_WORKERS")]
+    pub workers: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -149,6 +149,15 @@ async fn serve_http<IO>(
         }
     };
     if let Err(e) = result {
+        // hyper answers unparsable heads itself (400, or 431 when too large); log them like any
+        // other request weir refused, so no limit fails silently.
+        match e.downcast_ref::<hyper::Error>() {
+            Some(he) if he.is_parse_too_large() => {
+                proxy::log_refused(&conn, &shared, 431, "header_too_large")
+            }
+            Some(he) if he.is_parse() => proxy::log_refused(&conn, &shared, 400, "bad_request"),
+            _ => {}
+        }
         tracing::debug!(peer = %conn.peer, listener = %listener.name, error = %e, "connection ended with an error");
     }
 }

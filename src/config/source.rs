@@ -106,6 +106,8 @@ pub struct RawConfig {
     pub shutdown_timeout: Option<Item<String>>,
     pub admin: Option<Item<RawAdmin>>,
     pub files: Vec<Arc<str>>,
+    /// Pools whose body failed to parse: routes naming them get no second, misleading error.
+    pub broken_pools: Vec<String>,
 }
 
 /// The top level of one file; each item is deserialized on its own afterwards so one bad route does
@@ -214,8 +216,9 @@ pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Di
             continue;
         };
         let origin = origin(&file, format!("pools.{name}"));
-        if let Some(value) = item(v, &origin, diags) {
-            raw.pools.push((name, Item { value, origin }));
+        match item(v, &origin, diags) {
+            Some(value) => raw.pools.push((name, Item { value, origin })),
+            None => raw.broken_pools.push(name),
         }
     }
     for (i, v) in top.routes.into_iter().enumerate() {

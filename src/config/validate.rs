@@ -130,7 +130,7 @@ pub fn validate(raw: RawConfig, d: &mut Diagnostics) -> Config {
     let mut cx = Ctx { d };
     let listeners = listeners(&mut cx, &raw.listeners);
     let (pools, pool_index) = pools(&mut cx, &raw.pools);
-    let routes = routes(&mut cx, &raw.routes, &pool_index);
+    let routes = routes(&mut cx, &raw.routes, &pool_index, &raw.broken_pools);
     let shutdown_timeout = match &raw.shutdown_timeout {
         Some(i) => cx.duration(
             &i.origin,
@@ -703,6 +703,7 @@ fn routes(
     cx: &mut Ctx,
     items: &[Item<RawRoute>],
     pools: &HashMap<String, usize>,
+    broken_pools: &[String],
 ) -> Vec<RouteConfig> {
     let mut seen = HashMap::new();
     let mut out = Vec::new();
@@ -711,6 +712,7 @@ fn routes(
         check_unique(cx, &mut seen, "route", &r.name, o, "name");
         let pool = match pools.get(&r.pool) {
             Some(&i) => i,
+            None if broken_pools.contains(&r.pool) => 0,
             None => {
                 cx.err(
                     o,

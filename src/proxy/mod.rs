@@ -105,6 +105,26 @@ impl Finish for Done {
     }
 }
 
+/// Logs and counts a request that hyper refused before it reached [`handle`] (unparsable head).
+pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &'static str) {
+    let mut done = Done {
+        shared: shared.clone(),
+        start: Instant::now(),
+        method: Method::from_bytes(b"-").unwrap_or_default(),
+        host: "-".into(),
+        path: "-".into(),
+        status,
+        listener: conn.listener.name.clone(),
+        route: None,
+        pool: None,
+        server: None,
+        reason,
+        request_id: None,
+        retries: 0,
+    };
+    done.finish(0);
+}
+
 /// Serves one client request.
 pub async fn handle(
     req: Request<Incoming>,
@@ -112,12 +132,22 @@ pub async fn handle(
     shared: &Arc<Shared>,
 ) -> Response<ResponseBody> {
     let rt = shared.runtime.load_full();
+    // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
+    let log = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
     let mut done = Box::new(Done {
         shared: shared.clone(),
         start: Instant::now(),
         method: req.method().clone(),
-        host: crate::router::matcher::request_host(&req).to_string(),
-        path: req.uri().path().to_string(),
+        host: if log {
+            crate::router::matcher::request_host(&req).to_string()
+        } else {
+            String::new()
+        },
+        path: if log {
+            req.uri().path().to_string()
+        } else {
+            String::new()
+        },
         status: 0,
         listener: conn.listener.name.clone(),
         route: None,
@@ -267,11 +297,9 @@ struct Head {
 }
 
 fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery {
-    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    let root = || http::uri::PathAndQuery::from_static("/");
     let Some(prefix) = strip else {
-        return pq
-            .parse()
-            .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/"));
+        return uri.path_and_query().cloned().unwrap_or_else(root);
     };
     let path = uri.path();
     let rest = match path.strip_prefix(prefix.trim_end_matches('/')) {
@@ -283,8 +311,7 @@ fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
-    s.parse()
-        .unwrap_or_else(|_| http::uri::PathAndQuery::from_static("/"))
+    s.parse().unwrap_or_else(|_| root())
 }
 
 async fn forward(

@@ -1,0 +1,466 @@
+//! `weir check`: the summary of a valid config, every error of an invalid one as FILE:LINE:COL,
+//! YAML syntax errors, directory configs, `WEIR_CONFIG`; plus `--version` and `help`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use regex::Regex;
+use support::{Backend, Weir};
+
+fn weir(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weir"));
+    cmd.args(args)
+        .env_remove("WEIR_CONFIG")
+        .env("NO_COLOR", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run weir")
+}
+
+fn check(path: &Path) -> Output {
+    weir(&["check", "--config", path.to_str().unwrap()], &[])
+}
+
+/// stdout and stderr together.
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Every `FILE:LINE:COL: message` line whose FILE ends with `file_name`.
+fn diagnostics(out: &str, file_name: &str) -> Vec<(u32, u32, String)> {
+    let re = Regex::new(&format!(
+        r"(?m)(?:^|[\s/\\]){}:(\d+):(\d+):\s*(.*)$",
+        regex::escape(file_name)
+    ))
+    .unwrap();
+    re.captures_iter(out)
+        .map(|c| {
+            (
+                c[1].parse().unwrap(),
+                c[2].parse().unwrap(),
+                c[3].to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The 1-based number of the line of `yaml` containing `needle`.
+fn line_of(yaml: &str, needle: &str) -> u32 {
+    yaml.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in the test config")) as u32
+        + 1
+}
+
+/// Asserts there is a diagnostic on `line` whose column is plausible (within the line, at or after
+/// its indentation) and whose message mentions one of `words`; returns it.
+fn assert_diag(
+    diags: &[(u32, u32, String)],
+    yaml: &str,
+    line: u32,
+    words: &[&str],
+    out: &str,
+) -> (u32, u32, String) {
+    let text = yaml.lines().nth(line as usize - 1).unwrap();
+    let indent = (text.len() - text.trim_start().len()) as u32;
+    let found = diags
+        .iter()
+        .find(|(l, _, _)| *l == line)
+        .unwrap_or_else(|| {
+            panic!("no FILE:{line}:COL: error for line {line} ({text:?}); output:\n{out}")
+        });
+    let (_, col, msg) = found;
+    assert!(
+        *col > indent && *col <= text.len() as u32 + 1,
+        "column {col} is not within {text:?} (line {line})"
+    );
+    let lower = msg.to_lowercase();
+    assert!(
+        words.iter().any(|w| lower.contains(&w.to_lowercase())),
+        "the error on line {line} ({msg:?}) should mention one of {words:?}"
+    );
+    found.clone()
+}
+
+/// `N word` or `word: N` (or `words=N`) somewhere in the summary.
+fn mentions_count(summary: &str, n: usize, word: &str) -> bool {
+    Regex::new(&format!(r"(?i)\b{n}\s+{word}|\b{word}\w*\W{{1,3}}{n}\b"))
+        .unwrap()
+        .is_match(summary)
+}
+
+fn write_cert(dir: &Path) -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join("site.pem");
+    let key = dir.join("site.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    (cert.display().to_string(), key.display().to_string())
+}
+
+#[test]
+fn valid_config_prints_summary_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = write_cert(dir.path());
+    let yaml = format!(
+        r#"listeners:
+  - name: web
+    bind: "127.0.0.1:0"
+  - name: websecure
+    bind: "127.0.0.1:0"
+    tls:
+      certificates:
+        - cert: "{cert}"
+          key: "{key}"
+pools:
+  api:
+    balance: round_robin
+    servers:
+      - address: "127.0.0.1:9001"
+        weight: 1
+      - address: "127.0.0.1:9002"
+        weight: 3
+    health:
+      path: /healthz
+      interval: 2s
+      timeout: 1s
+      expect_status: "200-399"
+      healthy_after: 2
+      unhealthy_after: 3
+      initial: healthy
+  sessions:
+    balance: header_hash
+    hash_header: x-user
+    servers:
+      - address: "127.0.0.1:9101"
+      - address: "localhost:9102"
+    sticky:
+      cookie: weir_s
+      ttl: 1h
+  web:
+    balance: least_request
+    servers:
+      - address: "127.0.0.1:9201"
+routes:
+  - name: api-v2
+    match:
+      host: "api.example.com"
+      path_prefix: "/api/"
+      methods: [GET, POST]
+      headers:
+        x-api-version: "2"
+    pool: api
+    timeout: 30s
+    strip_prefix: "/api"
+    max_body_size: 16MiB
+  - name: login
+    match:
+      path_exact: "/login"
+      cookies:
+        beta: {{ present: true }}
+    pool: sessions
+  - name: versioned
+    match:
+      path_regex: "^/v[0-9]+/"
+      query:
+        tenant: {{ regex: "^acme" }}
+    pool: api
+    response_headers:
+      set: {{ strict-transport-security: "max-age=31536000" }}
+  - name: default
+    match: {{ path_prefix: "/" }}
+    pool: web
+shutdown_timeout: 30s
+"#
+    );
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, &yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "weir check on a valid config:\n{all}"
+    );
+    for (n, word) in [(2, "listener"), (3, "pool"), (5, "server"), (4, "route")] {
+        assert!(
+            mentions_count(&all, n, word),
+            "summary should mention {n} {word}(s):\n{all}"
+        );
+    }
+}
+
+#[test]
+fn invalid_config_reports_every_error_with_position() {
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:18080"
+  - name: web
+    bind: "127.0.0.1:18081"
+  - name: other
+    bind: "nope"
+pools:
+  api:
+    balance: round_robin
+    servers:
+      - address: "127.0.0.1:9001"
+        wieght: 2
+routes:
+  - name: a
+    match:
+      path_regex: "^/(unclosed"
+    pool: api
+    timeout: 5 parsecs
+  - name: b
+    match:
+      path_prefix: "/"
+    pool: nosuchpool
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "weir check on an invalid config:\n{all}"
+    );
+    let diags = diagnostics(&all, "weir.yaml");
+
+    // The line numbers, as written above: 4, 7, 13, 17, 19, 23.
+    assert_eq!(
+        yaml.lines().nth(3),
+        Some("  - name: web"),
+        "sanity: the duplicate is on line 4"
+    );
+    let expected = [
+        (4, &["web", "duplicate", "unique", "already"][..]),
+        (line_of(yaml, "\"nope\""), &["nope", "address"][..]),
+        (line_of(yaml, "wieght"), &["wieght"][..]),
+        (
+            line_of(yaml, "unclosed"),
+            &["regex", "regular expression"][..],
+        ),
+        (line_of(yaml, "parsecs"), &["parsecs", "duration"][..]),
+        (line_of(yaml, "nosuchpool"), &["nosuchpool"][..]),
+    ];
+    assert_eq!(
+        expected.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        [4, 7, 13, 17, 19, 23]
+    );
+    for (line, words) in expected {
+        assert_diag(&diags, yaml, line, words, &all);
+    }
+    // FILE is the path we gave (or ends with it).
+    assert!(all.contains(&format!("{}:4:", path.display())) || all.contains("weir.yaml:4:"));
+}
+
+#[test]
+fn errors_do_not_cascade_onto_valid_references() {
+    // Pool `api` exists but has a typo inside it; the route naming it is fine and must not be
+    // reported as naming an unknown pool.
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:0"
+pools:
+  api:
+    balance: round_robin
+    servers:
+      - address: "127.0.0.1:9001"
+        wieght: 2
+routes:
+  - name: a
+    match:
+      path_prefix: "/"
+    pool: api
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(&diags, yaml, line_of(yaml, "wieght"), &["wieght"], &all);
+    let pool_line = line_of(yaml, "pool: api");
+    assert!(
+        !diags.iter().any(|(l, _, _)| *l == pool_line),
+        "line {pool_line} names a pool that exists; reporting it is a cascading error:\n{all}"
+    );
+}
+
+#[test]
+fn missing_certificate_file_is_an_error() {
+    let yaml = r#"listeners:
+  - name: websecure
+    bind: "127.0.0.1:0"
+    tls:
+      certificates:
+        - cert: "/nonexistent/weir-test/site.pem"
+          key: "/nonexistent/weir-test/site.key"
+pools:
+  web:
+    balance: round_robin
+    servers:
+      - address: "127.0.0.1:9001"
+routes:
+  - name: all
+    match:
+      path_prefix: "/"
+    pool: web
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(&diags, yaml, 6, &["site.pem", "cert"], &all);
+}
+
+#[test]
+fn yaml_syntax_error_has_position() {
+    let yaml = "listeners:\n  - name: web\n    bind: a: b\npools: {}\nroutes: []\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert!(
+        diags.iter().any(|(l, c, _)| *l == 3 && *c >= 1 && *c <= 16),
+        "expected weir.yaml:3:COL: for the syntax error, got:\n{all}"
+    );
+}
+
+const DIR_LISTENERS: &str = "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n";
+
+#[test]
+fn directory_config_is_merged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("10-listeners.yaml"), DIR_LISTENERS).unwrap();
+    std::fs::write(
+        dir.path().join("20-pools.yml"),
+        "pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\n  web:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9002\"\n      - address: \"127.0.0.1:9003\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("30-routes.yaml"),
+        "routes:\n  - name: api\n    match:\n      path_prefix: \"/api\"\n    pool: api\n  - name: default\n    match:\n      path_prefix: \"/\"\n    pool: web\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "this: is: not: yaml: [\n").unwrap();
+    let out = check(dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "directory config:\n{all}");
+    for (n, word) in [(1, "listener"), (2, "pool"), (3, "server"), (2, "route")] {
+        assert!(
+            mentions_count(&all, n, word),
+            "summary should mention {n} {word}(s):\n{all}"
+        );
+    }
+}
+
+#[test]
+fn duplicate_pool_across_files_names_the_second_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("10-first.yaml"),
+        format!("{DIR_LISTENERS}pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: api\n"),
+    )
+    .unwrap();
+    let second = "pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9002\"\n";
+    std::fs::write(dir.path().join("20-second.yaml"), second).unwrap();
+    let out = check(dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "20-second.yaml");
+    assert_diag(&diags, second, 2, &["api"], &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_config_runs_in_file_name_order() {
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    let dir = tempfile::tempdir().unwrap();
+    // Written in the opposite order to their names: the name decides.
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        format!("pools:\n  second:\n    balance: round_robin\n    servers:\n      - address: \"{}\"\nroutes:\n  - name: from-b\n    match:\n      path_prefix: \"/\"\n    pool: second\n", second.addr),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        format!("{DIR_LISTENERS}pools:\n  first:\n    balance: round_robin\n    servers:\n      - address: \"{}\"\nroutes:\n  - name: from-a\n    match:\n      path_prefix: \"/\"\n    pool: first\n", first.addr),
+    )
+    .unwrap();
+    let weir = Weir::start_path(dir.path(), &["web"]).await;
+    assert_eq!(weir.get("h", "/x").await.backend(), "first");
+    weir.expect_access_log(200, Some("from-a")).await;
+}
+
+#[test]
+fn weir_config_env_stands_in_for_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        format!("{DIR_LISTENERS}pools:\n  p:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: p\n"),
+    )
+    .unwrap();
+    let out = weir(&["check"], &[("WEIR_CONFIG", &good)]);
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "WEIR_CONFIG=good.yaml weir check:\n{all}"
+    );
+    assert!(mentions_count(&all, 1, "route"), "{all}");
+
+    let bad = dir.path().join("bad.yaml");
+    let bad_yaml = format!("{DIR_LISTENERS}pools: {{}}\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: missing\n");
+    std::fs::write(&bad, &bad_yaml).unwrap();
+    let out = weir(&["check"], &[("WEIR_CONFIG", &bad)]);
+    let all = text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "WEIR_CONFIG=bad.yaml weir check:\n{all}"
+    );
+    let diags = diagnostics(&all, "bad.yaml");
+    assert_diag(
+        &diags,
+        &bad_yaml,
+        line_of(&bad_yaml, "missing"),
+        &["missing"],
+        &all,
+    );
+}
+
+#[test]
+fn version_and_help() {
+    let out = weir(&["--version"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        stdout.contains("weir") && stdout.contains(env!("CARGO_PKG_VERSION")),
+        "--version printed {stdout:?}"
+    );
+
+    let out = weir(&["help"], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for cmd in ["run", "check", "demo"] {
+        assert!(all.contains(cmd), "`weir help` should list `{cmd}`:\n{all}");
+    }
+}

@@ -1,0 +1,54 @@
+//! Shared helpers for weir's black-box tests.
+//!
+//! Every test starts its own `weir run` process (on ephemeral loopback ports, with its config in a
+//! temporary directory) and its own in-process backends, so tests are hermetic and run in parallel.
+//! Nothing here knows weir's internals: it only speaks HTTP to it, reads its stderr and sends it signals.
+//!
+//! - [`weir`]: spawn the binary, find its listeners in the log, keep every stderr line, signals, RSS.
+//! - [`backend`]: small hyper servers that answer with a JSON echo of what they received.
+//! - [`client`]: request helpers over hyper-util's pooled client, h2c, and streaming bodies.
+//! - [`raw`]: hand-written bytes over TCP for malformed requests and exact header control.
+//! - [`config`]: snippets for writing YAML configs around backends.
+#![allow(dead_code)]
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod raw;
+pub mod weir;
+
+// Each test file uses a different subset of these.
+#[allow(unused_imports)]
+pub use backend::{Backend, Seen};
+#[allow(unused_imports)]
+pub use client::{empty, full, h2c_send, repeat, repeat_chunked, send, try_send, Body, Resp};
+#[allow(unused_imports)]
+pub use config::{servers, weighted_servers};
+#[allow(unused_imports)]
+pub use raw::{raw_request, RawResponse};
+#[allow(unused_imports)]
+pub use weir::Weir;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// The longest any single step (start-up, one request, one log line) may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// Polls `check` until it returns true, panicking with `what` after `limit`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if start.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
