@@ -74,6 +74,10 @@ pub async fn serve(
         alpn: sc
             .alpn_protocol()
             .map(|p| String::from_utf8_lossy(p).into_owned()),
+        client_subject: sc
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::tls::subject(c)),
         version: match sc.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
             Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",

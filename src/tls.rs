@@ -126,6 +126,13 @@ fn cert_names(der: &CertificateDer<'_>) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// The subject DN of a (verified) client certificate, e.g. `CN=alice, O=Example`.
+pub fn subject(der: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    Some(cert.subject().to_string())
+}
+
 /// Checks a pair for `weir check`: readable, parsable, matching, with SANs. Returns warnings.
 pub fn check_pair(p: &CertPaths) -> Result<Vec<String>, PairError> {
     let certs = load_certs(&p.cert).map_err(|e| PairError {

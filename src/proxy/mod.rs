@@ -32,6 +32,8 @@ pub struct TlsInfo {
     pub sni: Option<String>,
     pub alpn: Option<String>,
     pub version: &'static str,
+    /// Subject of the client certificate the listener verified (mTLS).
+    pub client_subject: Option<String>,
 }
 
 impl ConnInfo {
@@ -63,6 +65,7 @@ struct Done {
     reason: &'static str,
     request_id: Option<HeaderValue>,
     retries: u32,
+    tls: &'static str,
 }
 
 impl Finish for Done {
@@ -100,6 +103,7 @@ impl Finish for Done {
             retries = self.retries,
             id = %self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             listener = %self.listener,
+            tls = %self.tls,
             "request"
         );
     }
@@ -121,6 +125,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         reason,
         request_id: None,
         retries: 0,
+        tls: conn.tls.as_ref().map_or("-", |t| t.version),
     };
     done.finish(0);
 }
@@ -156,6 +161,7 @@ pub async fn handle(
         reason: "ok",
         request_id: None,
         retries: 0,
+        tls: conn.tls.as_ref().map_or("-", |t| t.version),
     });
     let mut resp = match serve(req, conn, &rt, &mut done).await {
         Ok(r) => r,
@@ -357,6 +363,12 @@ async fn forward(
     done.request_id = Some(headers::request_id(&mut parts.headers));
     if let Some(h) = client_host {
         parts.headers.insert(header::HOST, h);
+    }
+    parts.headers.remove(headers::X_CLIENT_CERT_SUBJECT);
+    if let Some(subject) = conn.tls.as_ref().and_then(|t| t.client_subject.as_deref()) {
+        if let Ok(v) = HeaderValue::from_str(subject) {
+            parts.headers.insert(headers::X_CLIENT_CERT_SUBJECT, v);
+        }
     }
     headers::apply(&route.request_headers, &mut parts.headers);
     let pinned = pool.sticky.as_ref().and_then(|s| s.lookup(&parts.headers));
