@@ -48,6 +48,7 @@ async fn probe_loop(pool: Arc<Pool>, idx: usize) {
                 passes += 1;
                 fails = 0;
                 if !healthy && passes >= cfg.healthy_after {
+                    server.state.up_since.store(now_ms(), Relaxed);
                     server.state.healthy.store(true, Relaxed);
                     tracing::info!(pool = %pool.name, server = %server.address, passes, "server is healthy");
                 }

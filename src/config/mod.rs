@@ -110,6 +110,14 @@ pub struct PoolConfig {
     pub protocol: UpstreamProtocol,
     /// When every server is down, send to all of them rather than answer 503.
     pub panic: bool,
+    /// A server that comes back ramps from 10% to its full share over this window.
+    pub slow_start: Option<Duration>,
+    /// Requests in flight per server; `None` = unlimited.
+    pub max_connections: Option<u32>,
+    pub queue_size: u32,
+    pub queue_timeout: Duration,
+    /// Retries of requests that reached a server, as a percentage of requests.
+    pub retry_budget_percent: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -127,6 +127,11 @@ pub struct RawPool {
     pub sni: Option<String>,
     pub protocol: Option<String>,
     pub panic: Option<bool>,
+    pub slow_start: Option<String>,
+    pub max_connections: Option<u32>,
+    pub queue_size: Option<u32>,
+    pub queue_timeout: Option<String>,
+    pub retry_budget: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -496,6 +496,27 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool, o: &Origin) -> PoolConfig {
         tls,
         protocol,
         panic: p.panic.unwrap_or(false),
+        slow_start: p
+            .slow_start
+            .as_ref()
+            .map(|_| cx.duration(o, "slow_start", &p.slow_start, Duration::ZERO))
+            .filter(|d| !d.is_zero()),
+        max_connections: match p.max_connections {
+            Some(0) => {
+                cx.err(o, "max_connections", "max_connections must be at least 1");
+                None
+            }
+            m => m,
+        },
+        queue_size: p.queue_size.unwrap_or(100),
+        queue_timeout: cx.duration(o, "queue_timeout", &p.queue_timeout, Duration::from_secs(1)),
+        retry_budget_percent: match p.retry_budget {
+            Some(b) if b > 100 => {
+                cx.err(o, "retry_budget", "retry_budget is a percentage: 0 to 100");
+                20
+            }
+            b => b.unwrap_or(20),
+        },
     }
 }
 

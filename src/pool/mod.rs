@@ -10,9 +10,11 @@ use crate::balance::{Balancer, PickInput};
 use crate::config::{PoolConfig, ServerConfig};
 use crate::sticky::Sticky;
 use http::uri::Authority;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use std::time::Instant;
+use tokio::sync::Notify;
 
 /// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines.
 pub fn now_ms() -> u64 {
@@ -39,6 +41,8 @@ pub struct ServerState {
     pub in_flight: AtomicU32,
     pub requests: AtomicU64,
     pub failures: AtomicU64,
+    /// `now_ms()` when the server last came back up (probe or end of ejection), for slow start.
+    pub up_since: AtomicU64,
     /// Cold: written by the prober once per interval, read by `/status`.
     pub last_probe: Mutex<ProbeStatus>,
 }
@@ -54,6 +58,7 @@ impl ServerState {
             in_flight: AtomicU32::new(0),
             requests: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            up_since: AtomicU64::new(0),
             last_probe: Mutex::new(ProbeStatus::default()),
         }
     }
@@ -102,6 +107,64 @@ impl Server {
     pub fn available(&self, now: u64) -> bool {
         self.serving(now) && !self.state.draining.load(Relaxed)
     }
+
+    /// The share of its weight a recovering server gets: 10% rising to 100% over `window`.
+    fn slow_start_share(&self, now: u64, window: Duration) -> f64 {
+        let since = self
+            .state
+            .up_since
+            .load(Relaxed)
+            .max(self.state.ejected_until.load(Relaxed));
+        let elapsed = now.saturating_sub(since) as f64;
+        let w = window.as_millis() as f64;
+        if since == 0 || elapsed >= w {
+            1.0
+        } else {
+            (elapsed / w).max(0.1)
+        }
+    }
+}
+
+/// Retry budget: every request deposits `percent`% of a token, every retry that reaches a server
+/// spends one, so retries stay near that share of traffic and a sick pool is not hammered.
+#[derive(Debug)]
+pub struct RetryBudget {
+    milli_tokens: AtomicI64,
+    deposit: i64,
+}
+
+impl RetryBudget {
+    const CAP: i64 = 100_000;
+
+    fn new(percent: u32) -> Self {
+        RetryBudget {
+            milli_tokens: AtomicI64::new(10_000),
+            deposit: percent as i64 * 10,
+        }
+    }
+
+    pub fn deposit(&self) {
+        if self.milli_tokens.load(Relaxed) < Self::CAP {
+            self.milli_tokens.fetch_add(self.deposit, Relaxed);
+        }
+    }
+
+    pub fn try_spend(&self) -> bool {
+        if self.milli_tokens.fetch_sub(1000, Relaxed) >= 1000 {
+            true
+        } else {
+            self.milli_tokens.fetch_add(1000, Relaxed);
+            false
+        }
+    }
+}
+
+/// The result of one pick.
+pub enum Pick {
+    Server(usize),
+    /// Servers are up but every one is at its `max_connections`.
+    Full,
+    None,
 }
 
 #[derive(Debug)]
@@ -114,6 +177,10 @@ pub struct Pool {
     pub config: PoolConfig,
     /// Set when a reload replaces this pool, so its probe task stops.
     pub retired: AtomicBool,
+    pub budget: RetryBudget,
+    /// Woken when a request finishes, for requests queued on `max_connections`.
+    pub released: Notify,
+    pub queued: AtomicU32,
 }
 
 impl Pool {
@@ -141,6 +208,9 @@ impl Pool {
             servers,
             config: cfg.clone(),
             retired: AtomicBool::new(false),
+            budget: RetryBudget::new(cfg.retry_budget_percent),
+            released: Notify::new(),
+            queued: AtomicU32::new(0),
         })
     }
 
@@ -148,17 +218,79 @@ impl Pool {
         self.servers.iter().find(|s| &*s.address == address)
     }
 
-    /// A server for a new request, skipping `tried` ones; in panic mode, any server at all.
-    pub fn pick(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<usize> {
+    /// A server for a new request, skipping `tried` ones, honouring slow start and per-server
+    /// limits; in panic mode, when none is up, any server at all.
+    pub fn pick(&self, input: &PickInput<'_>, tried: &[usize]) -> Pick {
         let now = now_ms();
-        let ok = |i: usize| self.servers[i].available(now) && !tried.contains(&i);
-        let picked = self.balancer.pick(&self.servers, input, ok);
-        if picked.is_none() && self.config.panic {
-            return self
-                .balancer
-                .pick(&self.servers, input, |i| !tried.contains(&i));
+        let cfg = &self.config;
+        let under_limit = |i: usize| {
+            cfg.max_connections
+                .is_none_or(|m| self.servers[i].state.in_flight.load(Relaxed) < m)
+        };
+        let admit = |i: usize| match cfg.slow_start {
+            Some(w) => {
+                let share = self.servers[i].slow_start_share(now, w);
+                share >= 1.0 || fastrand::f64() < share
+            }
+            None => true,
+        };
+        let up = |i: usize| self.servers[i].available(now) && !tried.contains(&i);
+        if let Some(i) = self.balancer.pick(&self.servers, input, |i| {
+            up(i) && under_limit(i) && admit(i)
+        }) {
+            return Pick::Server(i);
         }
-        picked
+        // Slow start may have turned every candidate away by chance; limits may have too.
+        if let Some(i) = self
+            .balancer
+            .pick(&self.servers, input, |i| up(i) && under_limit(i))
+        {
+            return Pick::Server(i);
+        }
+        if self.balancer.pick(&self.servers, input, up).is_some() {
+            return Pick::Full;
+        }
+        if cfg.panic {
+            if let Some(i) = self
+                .balancer
+                .pick(&self.servers, input, |i| !tried.contains(&i))
+            {
+                return Pick::Server(i);
+            }
+        }
+        Pick::None
+    }
+
+    /// Like [`Pool::pick`], but waits in the pool's bounded queue while every server is at its
+    /// `max_connections`.
+    pub async fn acquire(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        loop {
+            let notified = self.released.notified();
+            match self.pick(input, tried) {
+                Pick::Server(i) => return Some(i),
+                Pick::None => return None,
+                Pick::Full => {
+                    if self.queued.fetch_add(1, Relaxed) >= self.config.queue_size {
+                        self.queued.fetch_sub(1, Relaxed);
+                        return None;
+                    }
+                    let woke = tokio::time::timeout_at(deadline, notified).await;
+                    self.queued.fetch_sub(1, Relaxed);
+                    if woke.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Called when a request to server `idx` ends.
+    pub fn release(&self, idx: usize) {
+        self.servers[idx].state.in_flight.fetch_sub(1, Relaxed);
+        if self.config.max_connections.is_some() {
+            self.released.notify_one();
+        }
     }
 
     /// Records the outcome of a request for passive failure detection (outlier ejection).

@@ -72,7 +72,7 @@ impl Finish for Done {
     fn finish(&mut self, bytes: u64) {
         let dur = self.start.elapsed();
         if let (Some(pool), Some(i)) = (&self.pool, self.server) {
-            pool.servers[i].state.in_flight.fetch_sub(1, Relaxed);
+            pool.release(i);
         }
         let upstream = match (&self.pool, self.server) {
             (Some(p), Some(i)) => Some(p.servers[i].address.clone()),
@@ -390,7 +390,7 @@ async fn forward(
     };
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
-        let server = attempt.pick(pool, &input)?;
+        let server = attempt.pick(pool, &input).await?;
         done.server = Some(server);
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
@@ -403,12 +403,13 @@ async fn forward(
                 return respond(resp, route, pool, server, pinned, conn, upgrade);
             }
             attempts::Next::Retry => {
-                pool.servers[server].state.in_flight.fetch_sub(1, Relaxed);
+                pool.release(server);
+                done.shared.metrics.retries.inc();
                 done.server = None;
                 done.retries = attempt.retries();
             }
             attempts::Next::Fail(e) => {
-                pool.servers[server].state.in_flight.fetch_sub(1, Relaxed);
+                pool.release(server);
                 done.server = None;
                 done.retries = attempt.retries();
                 if let Some(s) = &slot {
@@ -544,10 +545,13 @@ mod attempts {
         s
     }
 
+    /// How many more times each kind of failure may be tried again.
     pub struct Attempts {
         tried: Vec<usize>,
         retries_left: u32,
         connect_retries_left: u32,
+        /// One free retry for a failure on a reused keep-alive connection the server closed under us.
+        race_retry: bool,
         idempotent: bool,
         pinned: Option<usize>,
         reject_unpinned: bool,
@@ -556,11 +560,13 @@ mod attempts {
 
     impl Attempts {
         pub fn new(route: &Route, pool: &Pool, method: &Method, pinned: Option<usize>) -> Self {
+            pool.budget.deposit();
             let others = pool.servers.len().saturating_sub(1) as u32;
             Attempts {
                 tried: Vec::new(),
                 retries_left: route.retries,
                 connect_retries_left: route.retries.max(1).min(others),
+                race_retry: true,
                 idempotent: idempotent(method),
                 pinned,
                 reject_unpinned: pool
@@ -575,7 +581,8 @@ mod attempts {
             self.retries
         }
 
-        pub fn pick(
+        /// The pinned server first (while it is serving), then the balancer's choice.
+        pub async fn pick(
             &mut self,
             pool: &Pool,
             input: &crate::balance::PickInput<'_>,
@@ -590,10 +597,21 @@ mod attempts {
                 }
             }
             let i = pool
-                .pick(input, &self.tried)
+                .acquire(input, &self.tried)
+                .await
                 .ok_or(ProxyError::NoHealthyServer)?;
             self.tried.push(i);
             Ok(i)
+        }
+
+        /// A retry of a request that reached a server: allowed by the route and the pool's budget.
+        fn spend(&mut self, pool: &Pool) -> bool {
+            if self.idempotent && self.retries_left > 0 && pool.budget.try_spend() {
+                self.retries_left -= 1;
+                true
+            } else {
+                false
+            }
         }
 
         pub fn next(&mut self, outcome: Outcome, pool: &Pool, server: usize) -> Next {
@@ -602,15 +620,12 @@ mod attempts {
                 Outcome::Response(r) => {
                     let s = r.status();
                     pool.record(server, s.is_server_error());
-                    let again =
-                        matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE)
-                            && self.idempotent
-                            && self.retries_left > 0;
-                    if !again {
+                    let bad =
+                        matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
+                    if !(bad && self.spend(pool)) {
                         return Next::Respond(r);
                     }
                     tracing::info!(server = %addr, status = s.as_u16(), "retrying on another server");
-                    self.retries_left -= 1;
                     self.retries += 1;
                     return Next::Retry;
                 }
@@ -627,10 +642,14 @@ mod attempts {
                     body_untouched,
                 } => {
                     pool.record(server, true);
-                    let ok = body_untouched && self.idempotent && self.retries_left > 0;
-                    if ok {
-                        self.retries_left -= 1;
+                    let race = body_untouched && self.idempotent && self.race_retry;
+                    if race {
+                        // Likely the keep-alive race: try once more (on a fresh connection, since
+                        // the pool dropped the dead one) without spending the route's retries.
+                        self.race_retry = false;
+                        self.tried.retain(|&t| t != server);
                     }
+                    let ok = race || (body_untouched && self.spend(pool));
                     (ok, ProxyError::Upstream(format!("{addr}: {error}")))
                 }
                 Outcome::TimedOut => {

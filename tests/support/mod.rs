@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod raw;
 pub mod weir;
 
