@@ -111,11 +111,13 @@ impl TypedMetric for Histogram {
 
 impl EncodeMetric for Histogram {
     fn encode(&self, mut e: MetricEncoder) -> Result<(), std::fmt::Error> {
+        // encode_histogram accumulates per-bucket counts itself: pass them uncumulated.
         let mut acc = 0;
         let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
         for (i, c) in self.counts.iter().enumerate() {
-            acc += c.load(Relaxed);
-            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), acc));
+            let n = c.load(Relaxed);
+            acc += n;
+            buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), n));
         }
         let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
         e.encode_histogram::<RouteLabels>(sum, acc, &buckets, None)
