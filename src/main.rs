@@ -23,10 +23,17 @@ fn main() -> ExitCode {
         };
     }
     weir::telemetry::init(&cli.log_level, cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = match cli.workers {
+        // One worker: a current-thread runtime avoids cross-thread wakeups entirely.
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weir: cannot start the async runtime: {e}");
