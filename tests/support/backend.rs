@@ -231,13 +231,7 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
     }
     st.requests.fetch_add(1, Ordering::SeqCst);
 
-    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
-    for (name, value) in req.headers() {
-        headers
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
+    let headers = header_map(req.headers());
     let method = req.method().to_string();
     let uri = req
         .uri()
@@ -288,4 +282,16 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
         .header("content-type", "application/json")
         .body(full(Bytes::from(echo.to_string())))
         .unwrap())
+}
+
+/// Every header of a request, lowercase name to values, as the echo backends report them.
+pub fn header_map(h: &hyper::HeaderMap) -> HashMap<String, Vec<String>> {
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, value) in h {
+        headers
+            .entry(name.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    headers
 }

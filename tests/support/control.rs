@@ -8,7 +8,6 @@
 //! - [`Admin`]: weir's admin listener (found in the `admin listening addr=…` log line): `/status`,
 //!   drain and enable.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
@@ -259,13 +258,7 @@ async fn handle(ctl: Arc<Ctl>, mut req: Request<Incoming>) -> Result<Response<Bo
             .unwrap());
     }
     ctl.requests.fetch_add(1, Ordering::SeqCst);
-    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
-    for (name, value) in req.headers() {
-        headers
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
-    }
+    let headers = super::backend::header_map(req.headers());
     let method = req.method().to_string();
     let uri = req
         .uri()
