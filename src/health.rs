@@ -34,9 +34,15 @@ async fn probe_loop(pool: Arc<Pool>, idx: usize) {
         return;
     };
     let (mut passes, mut fails) = (0u32, 0u32);
-    // Spread the first probes over one interval so servers are not probed in lockstep.
+    // Spread the first probes over a quarter of the interval that applies, so servers are not
+    // probed in lockstep and a server that starts down is not left waiting a whole `interval`.
+    let first = if pool.servers[idx].state.healthy.load(Relaxed) {
+        cfg.interval
+    } else {
+        cfg.unhealthy_interval
+    };
     tokio::time::sleep(Duration::from_millis(fastrand::u64(
-        ..=cfg.interval.as_millis() as u64 / 4,
+        ..=first.as_millis() as u64 / 4,
     )))
     .await;
     while !pool.retired.load(Relaxed) {
@@ -49,8 +55,12 @@ async fn probe_loop(pool: Arc<Pool>, idx: usize) {
                 fails = 0;
                 if !healthy && passes >= cfg.healthy_after {
                     server.state.up_since.store(now_ms(), Relaxed);
+                    // Probes saw it down and then recover: that ends a passive ejection too
+                    // (Envoy's `successful_active_health_check_uneject_host`), rather than keeping
+                    // a recovered server out for the rest of an ejection that may last minutes.
+                    server.state.ejected_until.store(0, Relaxed);
                     server.state.healthy.store(true, Relaxed);
-                    tracing::info!(pool = %pool.name, server = %server.address, passes, "server is healthy");
+                    tracing::info!(pool = %pool.name, server = %server.address, passes, reason = "probe passed", "server is healthy");
                 }
             }
             Err(reason) => {
@@ -78,6 +88,15 @@ async fn probe_loop(pool: Arc<Pool>, idx: usize) {
         };
         tokio::time::sleep(jittered(wait)).await;
     }
+}
+
+/// The innermost error, which names what went wrong ("Connection refused", "received fatal alert").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut inner = e;
+    while let Some(next) = inner.source() {
+        inner = next;
+    }
+    inner.to_string()
 }
 
 /// One probe; the error is the reason shown in logs and `/status`.
@@ -116,11 +135,8 @@ async fn probe(pool: &Pool, idx: usize, cfg: &HealthConfig) -> Result<(), String
         .map_err(|e| e.to_string())?;
     let check = async {
         let resp = pool.client.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                "connect failed".to_string()
-            } else {
-                format!("request failed: {e}")
-            }
+            let what = if e.is_connect() { "connect" } else { "request" };
+            format!("{what}: {}", root_cause(&e))
         })?;
         let status = resp.status().as_u16();
         if !cfg

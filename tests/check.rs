@@ -464,3 +464,113 @@ fn version_and_help() {
         assert!(all.contains(cmd), "`weir help` should list `{cmd}`:\n{all}");
     }
 }
+
+#[test]
+fn health_and_retry_budget_forms_are_accepted() {
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:0"
+pools:
+  api:
+    servers:
+      - address: "127.0.0.1:9001"
+      - address: "127.0.0.1:9002"
+    health:
+      path: /healthz
+      method: HEAD
+      host: health.internal
+      interval: 2s
+      unhealthy_interval: 500ms
+      timeout: 250ms
+      expect_status: [200, "301-308"]
+      expect_body: ok
+    retry_budget: { percent: 25, min_per_second: 5 }
+    slow_start: 30s
+    max_connections: 100
+    queue_size: 10
+    queue_timeout: 2s
+    panic: true
+  legacy:
+    servers:
+      - address: "127.0.0.1:9101"
+    health:
+      tcp: true
+      expect_status: 204
+    retry_budget: 20
+routes:
+  - name: a
+    match: { path_prefix: "/" }
+    pool: api
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn probe_timeouts_and_retry_budget_are_checked() {
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:0"
+pools:
+  a:
+    servers:
+      - address: "127.0.0.1:9001"
+    health:
+      interval: 1s
+      timeout: 1s
+  b:
+    servers:
+      - address: "127.0.0.1:9002"
+    health:
+      interval: 2s
+      unhealthy_interval: 200ms
+      timeout: 500ms
+    retry_budget: 150
+  c:
+    servers:
+      - address: "127.0.0.1:9003"
+    retry_budget: { percent: 20, min_per_sec: 5 }
+routes:
+  - name: r
+    match: { path_prefix: "/" }
+    pool: a
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(
+        &diags,
+        yaml,
+        line_of(yaml, "timeout: 1s"),
+        &["interval"],
+        &all,
+    );
+    assert_diag(
+        &diags,
+        yaml,
+        line_of(yaml, "unhealthy_interval: 200ms"),
+        &["unhealthy_interval"],
+        &all,
+    );
+    assert_diag(
+        &diags,
+        yaml,
+        line_of(yaml, "retry_budget: 150"),
+        &["0 to 100"],
+        &all,
+    );
+    assert_diag(
+        &diags,
+        yaml,
+        line_of(yaml, "min_per_sec:"),
+        &["min_per_sec"],
+        &all,
+    );
+}

@@ -116,8 +116,15 @@ pub struct PoolConfig {
     pub max_connections: Option<u32>,
     pub queue_size: u32,
     pub queue_timeout: Duration,
-    /// Retries of requests that reached a server, as a percentage of requests.
-    pub retry_budget_percent: u32,
+    pub retry_budget: RetryBudgetConfig,
+}
+
+/// Retries of requests that reached a server: `percent`% of requests, plus `min_per_second`
+/// regardless of traffic, so a quiet pool can still retry (Linkerd's `minRetriesPerSecond`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudgetConfig {
+    pub percent: u32,
+    pub min_per_second: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -21,6 +21,33 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
+/// A scalar or a YAML list of scalars, joined with `, ` (`expect_status: [200, "301-308"]` reads like
+/// `expect_status: "200, 301-308"`).
+#[derive(Debug, Clone)]
+pub struct ScalarList(pub String);
+
+impl<'de> Deserialize<'de> for ScalarList {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let one = |v: serde_yaml::Value| match v {
+            serde_yaml::Value::String(s) => Ok(s),
+            serde_yaml::Value::Number(n) => Ok(n.to_string()),
+            _ => Err(D::Error::custom(
+                "expected a string, a number or a list of them",
+            )),
+        };
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Sequence(items) => Ok(ScalarList(
+                items
+                    .into_iter()
+                    .map(one)
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(", "),
+            )),
+            v => one(v).map(ScalarList),
+        }
+    }
+}
+
 /// One value or a list of them (`host: a.com` or `host: [a.com, b.com]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
@@ -131,7 +158,41 @@ pub struct RawPool {
     pub max_connections: Option<u32>,
     pub queue_size: Option<u32>,
     pub queue_timeout: Option<String>,
-    pub retry_budget: Option<u32>,
+    #[serde(default, deserialize_with = "RawRetryBudget::deserialize_either")]
+    pub retry_budget: Option<RawRetryBudget>,
+}
+
+/// `retry_budget: 20` (a percentage, the original form) or `{percent: 20, min_per_second: 10}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetryBudget {
+    pub percent: Option<u32>,
+    pub min_per_second: Option<u32>,
+}
+
+impl RawRetryBudget {
+    pub fn deserialize_either<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<RawRetryBudget>, D::Error> {
+        let expected = "expected a percentage (0 to 100) or {percent: N, min_per_second: N}";
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(|p| {
+                    Some(RawRetryBudget {
+                        percent: Some(p),
+                        min_per_second: None,
+                    })
+                })
+                .ok_or_else(|| D::Error::custom(expected)),
+            v @ serde_yaml::Value::Mapping(_) => serde_yaml::from_value(v)
+                .map(Some)
+                .map_err(D::Error::custom),
+            serde_yaml::Value::Null => Ok(None),
+            _ => Err(D::Error::custom(expected)),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +209,7 @@ pub struct RawHealth {
     pub interval: Option<String>,
     pub unhealthy_interval: Option<String>,
     pub timeout: Option<String>,
-    pub expect_status: Option<Scalar>,
+    pub expect_status: Option<ScalarList>,
     pub expect_body: Option<String>,
     pub healthy_after: Option<u32>,
     pub unhealthy_after: Option<u32>,

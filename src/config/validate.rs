@@ -510,13 +510,22 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool, o: &Origin) -> PoolConfig {
         },
         queue_size: p.queue_size.unwrap_or(100),
         queue_timeout: cx.duration(o, "queue_timeout", &p.queue_timeout, Duration::from_secs(1)),
-        retry_budget_percent: match p.retry_budget {
-            Some(b) if b > 100 => {
-                cx.err(o, "retry_budget", "retry_budget is a percentage: 0 to 100");
-                20
-            }
-            b => b.unwrap_or(20),
-        },
+        retry_budget: retry_budget(cx, o, p.retry_budget.as_ref()),
+    }
+}
+
+fn retry_budget(cx: &mut Ctx, o: &Origin, b: Option<&RawRetryBudget>) -> RetryBudgetConfig {
+    let percent = b.and_then(|b| b.percent).unwrap_or(20);
+    if percent > 100 {
+        cx.err(
+            o,
+            "retry_budget",
+            "retry_budget: the percentage must be 0 to 100",
+        );
+    }
+    RetryBudgetConfig {
+        percent: percent.min(100),
+        min_per_second: b.and_then(|b| b.min_per_second).unwrap_or(10),
     }
 }
 
@@ -605,6 +614,13 @@ fn health(cx: &mut Ctx, o: &Origin, h: &RawHealth) -> HealthConfig {
         &h.unhealthy_interval,
         interval,
     );
+    if h.unhealthy_interval.is_some() && timeout >= unhealthy_interval {
+        cx.err(
+            o,
+            "health.unhealthy_interval",
+            "health.timeout must be shorter than health.unhealthy_interval",
+        );
+    }
     for (f, v) in [
         ("healthy_after", h.healthy_after),
         ("unhealthy_after", h.unhealthy_after),

@@ -7,7 +7,7 @@
 pub mod client;
 
 use crate::balance::{Balancer, PickInput};
-use crate::config::{PoolConfig, ServerConfig};
+use crate::config::{PoolConfig, RetryBudgetConfig, ServerConfig};
 use crate::sticky::Sticky;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -126,20 +126,27 @@ impl Server {
 }
 
 /// Retry budget: every request deposits `percent`% of a token, every retry that reaches a server
-/// spends one, so retries stay near that share of traffic and a sick pool is not hammered.
+/// spends one, so retries stay near that share of traffic and a sick pool is not hammered. On top of
+/// that, `min_per_second` retries are allowed each second whatever the ratio (as Envoy and Linkerd
+/// do), so a pool with little traffic can still route around one bad server.
 #[derive(Debug)]
 pub struct RetryBudget {
     milli_tokens: AtomicI64,
     deposit: i64,
+    min_per_second: u32,
+    /// The current second (`now_ms() / 1000`, high 32 bits) and the floor retries spent in it.
+    floor: AtomicU64,
 }
 
 impl RetryBudget {
     const CAP: i64 = 100_000;
 
-    fn new(percent: u32) -> Self {
+    fn new(cfg: RetryBudgetConfig) -> Self {
         RetryBudget {
             milli_tokens: AtomicI64::new(10_000),
-            deposit: percent as i64 * 10,
+            deposit: cfg.percent as i64 * 10,
+            min_per_second: cfg.min_per_second,
+            floor: AtomicU64::new(0),
         }
     }
 
@@ -149,13 +156,37 @@ impl RetryBudget {
         }
     }
 
+    /// Takes one retry: from this second's floor first, so the ratio's tokens are kept for bursts.
     pub fn try_spend(&self) -> bool {
+        self.try_floor(now_ms() / 1000) || self.try_ratio()
+    }
+
+    fn try_ratio(&self) -> bool {
         if self.milli_tokens.fetch_sub(1000, Relaxed) >= 1000 {
             true
         } else {
             self.milli_tokens.fetch_add(1000, Relaxed);
             false
         }
+    }
+
+    fn try_floor(&self, second: u64) -> bool {
+        if self.min_per_second == 0 {
+            return false;
+        }
+        let second = second & 0xffff_ffff;
+        self.floor
+            .fetch_update(Relaxed, Relaxed, |v| {
+                let (s, used) = (v >> 32, v & 0xffff_ffff);
+                if s != second {
+                    Some(second << 32 | 1)
+                } else if used < self.min_per_second as u64 {
+                    Some(v + 1)
+                } else {
+                    None
+                }
+            })
+            .is_ok()
     }
 }
 
@@ -208,7 +239,7 @@ impl Pool {
             servers,
             config: cfg.clone(),
             retired: AtomicBool::new(false),
-            budget: RetryBudget::new(cfg.retry_budget_percent),
+            budget: RetryBudget::new(cfg.retry_budget),
             released: Notify::new(),
             queued: AtomicU32::new(0),
         })
@@ -323,5 +354,48 @@ impl Pool {
         s.consecutive_failures.store(0, Relaxed);
         tracing::warn!(pool = %self.name, server = %self.servers[idx].address, ejected_ms = dur,
             consecutive_failures = n, "server ejected after consecutive failures");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn budget(percent: u32, min_per_second: u32) -> RetryBudget {
+        RetryBudget::new(RetryBudgetConfig {
+            percent,
+            min_per_second,
+        })
+    }
+
+    #[test]
+    fn ratio_alone_runs_dry() {
+        let b = budget(20, 0);
+        // The initial 10 tokens, then one per 5 requests.
+        let spent = (0..100).filter(|_| b.try_spend()).count();
+        assert_eq!(spent, 10);
+        for _ in 0..10 {
+            b.deposit();
+        }
+        assert!(b.try_spend() && b.try_spend() && !b.try_spend());
+    }
+
+    #[test]
+    fn floor_allows_min_per_second_each_second() {
+        let b = budget(0, 3);
+        let in_second = |s| (0..10).filter(|_| b.try_floor(s)).count();
+        assert_eq!(in_second(7), 3);
+        assert_eq!(in_second(7), 0);
+        assert_eq!(in_second(8), 3);
+        assert!(!budget(0, 0).try_floor(1));
+    }
+
+    #[test]
+    fn floor_is_used_before_the_ratio_tokens() {
+        let b = budget(20, 1_000);
+        for _ in 0..500 {
+            assert!(b.try_spend());
+        }
+        assert_eq!(b.milli_tokens.load(Relaxed), 10_000);
     }
 }

@@ -52,6 +52,8 @@ struct Ctl {
     requests: AtomicUsize,
     completed: AtomicUsize,
     health_checks: AtomicUsize,
+    /// Method and Host header of the last `/healthz` request.
+    last_health: Mutex<Option<(String, Option<String>)>>,
     received: Mutex<Vec<Received>>,
 }
 
@@ -91,6 +93,7 @@ impl ControlBackend {
             requests: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
+            last_health: Mutex::new(None),
             received: Mutex::new(Vec::new()),
         });
         let b = ControlBackend {
@@ -219,6 +222,11 @@ impl ControlBackend {
         self.ctl.health_checks.load(Ordering::SeqCst)
     }
 
+    /// Method and `Host` of the last `/healthz` request.
+    pub fn last_health_request(&self) -> Option<(String, Option<String>)> {
+        self.ctl.last_health.lock().unwrap().clone()
+    }
+
     /// Every request received so far, in order, health probes excluded.
     pub fn received(&self) -> Vec<Received> {
         self.ctl.received.lock().unwrap().clone()
@@ -239,6 +247,12 @@ impl Drop for ControlBackend {
 async fn handle(ctl: Arc<Ctl>, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == "/healthz" {
         ctl.health_checks.fetch_add(1, Ordering::SeqCst);
+        let host = req
+            .headers()
+            .get("host")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        *ctl.last_health.lock().unwrap() = Some((req.method().to_string(), host));
         let delay = ctl.health_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -9,12 +9,15 @@
 //! - [`client`]: request helpers over hyper-util's pooled client, h2c, and streaming bodies.
 //! - [`raw`]: hand-written bytes over TCP for malformed requests and exact header control.
 //! - [`config`]: snippets for writing YAML configs around backends.
+//! - [`control`]: backends switchable at run time, and weir's admin API.
+//! - [`hung`]: a server that accepts and never answers.
 #![allow(dead_code)]
 
 pub mod backend;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod hung;
 pub mod raw;
 pub mod weir;
 
