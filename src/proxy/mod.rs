@@ -552,6 +552,9 @@ mod attempts {
         connect_retries_left: u32,
         /// One free retry for a failure on a reused keep-alive connection the server closed under us.
         race_retry: bool,
+        /// The server that free retry may return to: a refused connect there is part of the same
+        /// free retry, not one of the connect retries meant for the other servers.
+        race_server: Option<usize>,
         idempotent: bool,
         pinned: Option<usize>,
         reject_unpinned: bool,
@@ -567,6 +570,7 @@ mod attempts {
                 retries_left: route.retries,
                 connect_retries_left: route.retries.max(1).min(others),
                 race_retry: true,
+                race_server: None,
                 idempotent: idempotent(method),
                 pinned,
                 reject_unpinned: pool
@@ -631,8 +635,9 @@ mod attempts {
                 }
                 Outcome::ConnectFailed(e) => {
                     pool.record(server, true);
-                    let ok = self.connect_retries_left > 0;
-                    if ok {
+                    let again = self.race_server.take() == Some(server);
+                    let ok = again || self.connect_retries_left > 0;
+                    if ok && !again {
                         self.connect_retries_left -= 1;
                     }
                     (ok, ProxyError::Connect(format!("{addr}: {e}")))
@@ -647,6 +652,7 @@ mod attempts {
                         // Likely the keep-alive race: try once more (on a fresh connection, since
                         // the pool dropped the dead one) without spending the route's retries.
                         self.race_retry = false;
+                        self.race_server = Some(server);
                         self.tried.retain(|&t| t != server);
                     }
                     let ok = race || (body_untouched && self.spend(pool));
