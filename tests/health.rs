@@ -7,6 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::StatusCode;
+use support::closer::KeepAliveCloser;
 use support::config::LISTENER;
 use support::control::{closed_port, ctl_servers, find_server, Admin, ControlBackend};
 use support::hung::HungServer;
@@ -1046,4 +1047,46 @@ async fn a_down_server_is_probed_at_unhealthy_interval() {
         b.health_checks(),
         a.health_checks()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_race_is_retried_on_a_fresh_connection_for_gets_only() {
+    let server = KeepAliveCloser::start().await;
+    let servers = format!("      - address: \"{}\"\n", server.addr);
+    // One server and no retries: only the keep-alive race retry can save a request.
+    let weir = Weir::start(&config("round_robin", "", &servers, "", false)).await;
+    for i in 0..10 {
+        let r = weir.get(HOST, &format!("/get/{i}")).await;
+        assert_eq!(
+            r.status,
+            StatusCode::OK,
+            "GET {i}: {}\n{}",
+            r.text(),
+            weir.stderr()
+        );
+    }
+    assert!(
+        server.cut() >= 5,
+        "weir reused a connection only {} times: the race was not exercised",
+        server.cut()
+    );
+    // A POST with a body on a reused connection that breaks is not sent again.
+    let req = weir
+        .request("POST", HOST, "/order")
+        .body(full("one order"))
+        .unwrap();
+    let cut_before = server.cut();
+    let r = weir.send(req).await;
+    assert_eq!(
+        server.cut(),
+        cut_before + 1,
+        "the POST did not go out on a reused connection: case not exercised"
+    );
+    let posts = server
+        .request_lines()
+        .iter()
+        .filter(|l| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1, "the POST reached the server {posts} times");
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
 }

@@ -390,6 +390,80 @@ mod tests {
         assert!(!budget(0, 0).try_floor(1));
     }
 
+    /// A pool `p` of `n` servers with extra pool lines, through the real parser and validator.
+    fn pool(n: usize, lines: &str) -> Pool {
+        let servers: String = (0..n)
+            .map(|i| format!("      - address: \"127.0.0.1:{}\"\n", 9000 + i))
+            .collect();
+        let text = format!(
+            "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\npools:\n  p:\n{lines}    servers:\n{servers}\
+             routes:\n  - name: r\n    match: {{ path_prefix: \"/\" }}\n    pool: p\n"
+        );
+        let mut diags = crate::config::Diagnostics::default();
+        let mut raw = crate::config::source::RawConfig::default();
+        crate::config::source::load_text("t.yaml".into(), &text, &mut raw, &mut diags);
+        let cfg = crate::config::validate::validate(raw, &mut diags);
+        assert!(!diags.has_errors(), "{text}");
+        Pool::build(&cfg.pools[0], None).expect("pool")
+    }
+
+    /// How long server `i` stays ejected from now, in whole seconds.
+    fn ejected_for_s(p: &Pool, i: usize) -> u64 {
+        p.servers[i]
+            .state
+            .ejected_until
+            .load(Relaxed)
+            .saturating_sub(now_ms())
+            .div_ceil(1000)
+    }
+
+    #[test]
+    fn ejection_doubles_on_each_offence_up_to_its_cap() {
+        let p = pool(
+            2,
+            "    passive:\n      consecutive_failures: 2\n      ejection_time: 10s\n      max_ejection_time: 25s\n",
+        );
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            p.record(0, true);
+            assert_eq!(
+                ejected_for_s(&p, 0),
+                0,
+                "one failure is below the threshold"
+            );
+            p.record(0, true);
+            seen.push(ejected_for_s(&p, 0));
+            // The ejection runs out.
+            p.servers[0].state.ejected_until.store(0, Relaxed);
+        }
+        assert_eq!(seen, [10, 20, 25, 25]);
+        // A success in between resets the count of consecutive failures.
+        p.record(0, true);
+        p.record(0, false);
+        p.record(0, true);
+        assert_eq!(ejected_for_s(&p, 0), 0);
+    }
+
+    #[test]
+    fn ejection_never_takes_more_than_its_share_of_the_pool() {
+        let p = pool(
+            4,
+            "    passive:\n      consecutive_failures: 1\n      max_ejected_percent: 50\n",
+        );
+        for i in 0..4 {
+            p.record(i, true);
+        }
+        let now = now_ms();
+        let out = p.servers.iter().filter(|s| s.state.ejected(now)).count();
+        assert_eq!(out, 2);
+        let lone = pool(1, "    passive:\n      consecutive_failures: 1\n");
+        lone.record(0, true);
+        assert!(
+            !lone.servers[0].state.ejected(now_ms()),
+            "a one-server pool emptied"
+        );
+    }
+
     #[test]
     fn floor_is_used_before_the_ratio_tokens() {
         let b = budget(20, 1_000);

@@ -11,10 +11,12 @@
 //! - [`config`]: snippets for writing YAML configs around backends.
 //! - [`control`]: backends switchable at run time, and weir's admin API.
 //! - [`hung`]: a server that accepts and never answers.
+//! - [`closer`]: a server that closes a reused keep-alive connection instead of answering.
 #![allow(dead_code)]
 
 pub mod backend;
 pub mod client;
+pub mod closer;
 pub mod config;
 pub mod control;
 pub mod hung;
