@@ -1,6 +1,8 @@
-//! Health: active probes (status, body, initial state, all servers down), retries on another
-//! server (and never for a POST), passive ejection with its cap, `/status`, drain / enable through
-//! the admin API, and how health state and in-flight requests survive a reload.
+//! Health: active probes (status, body, TCP mode, method and host, initial state, unhealthy_interval,
+//! all servers down), retries on another server (never for a POST), the keep-alive race, a port that
+//! closes under load, passive ejection with its cap, panic mode, slow start, max_connections with its
+//! queue, `/status`, drain / enable through the admin API, and how health state and in-flight
+//! requests survive a reload.
 
 mod support;
 
