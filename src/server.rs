@@ -135,10 +135,14 @@ async fn serve_http<IO>(
     let listener = conn.listener.clone();
     let svc_conn = conn.clone();
     let svc_shared = shared.clone();
+    // hyper keeps one allocation the size of the service future for the connection's whole life,
+    // idle or not; boxing the (large) request future per request instead keeps an idle keep-alive
+    // connection small.
     let service = service_fn(move |req| {
         let conn = svc_conn.clone();
         let shared = svc_shared.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(req, &conn, &shared).await) }
+        let fut = Box::pin(async move { proxy::handle(req, &conn, &shared).await });
+        async move { Ok::<_, Infallible>(fut.await) }
     });
     let http = listener
         .http
