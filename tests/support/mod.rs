@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod raw;
+pub mod tls_client;
 pub mod weir;
 
 // Each test file uses a different subset of these.
