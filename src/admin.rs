@@ -88,8 +88,15 @@ fn server_action(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
         );
     };
     match action {
-        "drain" => server.state.draining.store(true, Relaxed),
-        "enable" => server.state.draining.store(false, Relaxed),
+        "drain" => server.state.start_draining(),
+        "enable" if server.removed => {
+            return reply(
+                StatusCode::CONFLICT,
+                "text/plain",
+                "server was removed from the config; it only drains\n",
+            )
+        }
+        "enable" => server.state.stop_draining(),
         _ => return reply(StatusCode::NOT_FOUND, "text/plain", "unknown action\n"),
     }
     tracing::info!(pool, server = %address, action, "server state changed through the admin API");
@@ -121,9 +128,7 @@ fn refresh_gauges(shared: &Shared) {
             m.server_ejections
                 .get_or_create(&l)
                 .set(s.state.ejections.load(Relaxed) as i64);
-            m.server_draining
-                .get_or_create(&l)
-                .set(s.state.draining.load(Relaxed) as i64);
+            m.server_draining.get_or_create(&l).set(s.draining() as i64);
         }
     }
 }
@@ -146,7 +151,8 @@ fn status(shared: &Shared) -> serde_json::Value {
                         "weight": s.weight,
                         "healthy": st.healthy.load(Relaxed),
                         "ejected": st.ejected(now),
-                        "draining": st.draining.load(Relaxed),
+                        "draining": s.draining(),
+                        "removed": s.removed,
                         "in_flight": st.in_flight.load(Relaxed),
                         "requests": st.requests.load(Relaxed),
                         "failures": st.failures.load(Relaxed),

@@ -45,7 +45,7 @@ async fn probe_loop(pool: Arc<Pool>, idx: usize) {
         ..=first.as_millis() as u64 / 4,
     )))
     .await;
-    while !pool.retired.load(Relaxed) {
+    while !pool.retired.load(Relaxed) && pool.probed(idx) {
         let server = &pool.servers[idx];
         let result = probe(&pool, idx, &cfg).await;
         let healthy = server.state.healthy.load(Relaxed);

@@ -268,6 +268,9 @@ pub fn server_config(cfg: &TlsConfig) -> Result<ServerTls, TlsError> {
     };
     let mut config = builder.with_cert_resolver(resolver.clone());
     config.alpn_protocols = cfg.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Every suite rustls offers is AEAD with forward secrecy, so the client's order would be safe;
+    // choosing by ours (AES-256-GCM first) is what scanners such as testssl.sh expect of an edge.
+    config.ignore_client_order = true;
     config.session_storage = session_cache();
     config.ticketer = ticketer()?;
     Ok(ServerTls {

@@ -10,6 +10,7 @@
 
 mod support;
 
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -1199,7 +1200,8 @@ async fn client_certificates_required_and_optional() {
 // 12. TLS towards the servers
 // ---------------------------------------------------------------------------------------------
 
-/// An HTTPS backend (h2 and http/1.1 by ALPN) answering a JSON echo like [`Backend`].
+/// An HTTPS backend (h2 and http/1.1 by ALPN) answering a JSON echo like [`Backend`], plus the SNI
+/// of the connection (`sni`) and its number (`conn`, counting from 1).
 async fn tls_backend(cert: &Cert) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
@@ -1212,38 +1214,47 @@ async fn tls_backend(cert: &Cert) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
+        let mut conns = 0u64;
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
+            conns += 1;
+            let conn = conns;
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let Ok(Ok(tls)) = timeout(WAIT, acceptor.accept(tcp)).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(|req: Request<Incoming>| async move {
-                    let headers: serde_json::Map<String, serde_json::Value> = req
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| {
-                            (
-                                k.as_str().to_string(),
-                                json!([String::from_utf8_lossy(v.as_bytes())]),
-                            )
-                        })
-                        .collect();
-                    let echo = json!({
-                        "backend": "secure",
-                        "method": req.method().as_str(),
-                        "uri": req.uri().path_and_query().map_or("/", |p| p.as_str()),
-                        "version": format!("{:?}", req.version()),
-                        "headers": headers,
-                        "body_len": 0,
-                    });
-                    Ok::<_, std::convert::Infallible>(Response::new(support::full(Bytes::from(
-                        echo.to_string(),
-                    ))))
+                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let sni = sni.clone();
+                    async move {
+                        let headers: serde_json::Map<String, serde_json::Value> = req
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| {
+                                (
+                                    k.as_str().to_string(),
+                                    json!([String::from_utf8_lossy(v.as_bytes())]),
+                                )
+                            })
+                            .collect();
+                        let echo = json!({
+                            "backend": "secure",
+                            "method": req.method().as_str(),
+                            "uri": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+                            "version": format!("{:?}", req.version()),
+                            "headers": headers,
+                            "body_len": 0,
+                            "sni": sni,
+                            "conn": conn,
+                        });
+                        Ok::<_, std::convert::Infallible>(Response::new(support::full(
+                            Bytes::from(echo.to_string()),
+                        )))
+                    }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
@@ -1360,6 +1371,78 @@ async fn health_probes_of_a_tls_pool_use_tls_and_its_ca() {
     .await;
     let r = weir.get("app.test", "/good/x").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+/// The `sni` and `conn` an HTTPS [`tls_backend`] reported.
+fn sni_and_conn(resp: &Resp) -> (Option<String>, u64) {
+    let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("echo");
+    (
+        v["sni"].as_str().map(str::to_string),
+        v["conn"].as_u64().expect("conn"),
+    )
+}
+
+#[tokio::test]
+async fn upstream_tls_speaks_h2_by_alpn_and_pools_to_one_address_never_share_a_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("weir test upstream CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let (addr, _task) = tls_backend(&ca.server_cert(&["a.test", "b.test"])).await;
+    // Two pools to the same address whose TLS identities differ only by SNI, and a third with the
+    // default ALPN but `protocol: http1`.
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
+         pools:\n\
+         \x20 a:\n    tls: true\n    ca: \"{ca_path}\"\n    sni: a.test\n\
+         \x20   servers:\n      - address: \"{addr}\"\n\
+         \x20 b:\n    tls: true\n    ca: \"{ca_path}\"\n    sni: b.test\n\
+         \x20   servers:\n      - address: \"{addr}\"\n\
+         \x20 h1:\n    tls: true\n    ca: \"{ca_path}\"\n    sni: a.test\n    protocol: http1\n\
+         \x20   servers:\n      - address: \"{addr}\"\n\
+         routes:\n\
+         \x20 - name: a\n    match:\n      path_prefix: \"/a\"\n    pool: a\n\
+         \x20 - name: b\n    match:\n      path_prefix: \"/b\"\n    pool: b\n\
+         \x20 - name: h1\n    match:\n      path_prefix: \"/h1\"\n    pool: h1\n"
+    );
+    let weir = start_in(dir.path(), &yaml, &["web"]).await;
+    let mut conns: HashMap<&str, HashSet<u64>> = HashMap::new();
+    for round in 0..4 {
+        for (pool, sni, version) in [
+            ("a", "a.test", "HTTP/2.0"),
+            ("b", "b.test", "HTTP/2.0"),
+            ("h1", "a.test", "HTTP/1.1"),
+        ] {
+            let resp = weir.get("app.test", &format!("/{pool}/{round}")).await;
+            assert_eq!(
+                resp.status,
+                StatusCode::OK,
+                "pool {pool}: {:?}\n--- stderr ---\n{}",
+                resp.text(),
+                weir.stderr()
+            );
+            let seen = resp.seen();
+            assert_eq!(
+                seen.version, version,
+                "pool {pool}: protocol to the backend"
+            );
+            let (got_sni, conn) = sni_and_conn(&resp);
+            assert_eq!(got_sni.as_deref(), Some(sni), "pool {pool} round {round}");
+            conns.entry(pool).or_default().insert(conn);
+        }
+    }
+    // Keep-alive works within a pool, and no connection ever served two pools.
+    for (pool, set) in &conns {
+        assert!(
+            set.len() < 4,
+            "pool {pool} opened a connection per request: {set:?}"
+        );
+    }
+    let all: Vec<u64> = conns.values().flatten().copied().collect();
+    let distinct: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(
+        all.len(),
+        distinct.len(),
+        "a connection was shared: {conns:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -170,6 +170,9 @@ pub struct StickyConfig {
     pub cookie: String,
     pub ttl: Option<Duration>,
     pub reject_unavailable: bool,
+    /// How long a draining server (admin drain, or removed from the config) keeps serving the
+    /// clients pinned to it; past it they are rebalanced like clients of a down server.
+    pub drain_timeout: Duration,
     pub secret: Option<String>,
     pub path: String,
     pub domain: Option<String>,

@@ -234,6 +234,7 @@ pub struct RawSticky {
     pub cookie: String,
     pub ttl: Option<String>,
     pub on_unavailable: Option<String>,
+    pub drain_timeout: Option<String>,
     pub secret: Option<String>,
     pub path: Option<String>,
     pub domain: Option<String>,

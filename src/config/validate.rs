@@ -683,6 +683,10 @@ fn passive(cx: &mut Ctx, o: &Origin, p: Option<&RawPassive>) -> PassiveConfig {
     }
 }
 
+/// HAProxy keeps a drained server's persistent clients until they leave; weir bounds it so a
+/// server removed from the config is eventually forgotten.
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
+
 fn sticky(cx: &mut Ctx, o: &Origin, s: &RawSticky) -> StickyConfig {
     let token_ok = !s.cookie.is_empty()
         && s.cookie
@@ -722,10 +726,17 @@ fn sticky(cx: &mut Ctx, o: &Origin, s: &RawSticky) -> StickyConfig {
         .ttl
         .as_ref()
         .map(|_| cx.duration(o, "sticky.ttl", &s.ttl, Duration::ZERO));
+    let drain_timeout = cx.duration(
+        o,
+        "sticky.drain_timeout",
+        &s.drain_timeout,
+        DEFAULT_DRAIN_TIMEOUT,
+    );
     StickyConfig {
         cookie: s.cookie.clone(),
         ttl,
         reject_unavailable,
+        drain_timeout,
         secret: s.secret.clone(),
         path: s.path.clone().unwrap_or_else(|| "/".into()),
         domain: s.domain.clone(),

@@ -34,6 +34,8 @@ pub struct ProbeStatus {
 pub struct ServerState {
     pub healthy: AtomicBool,
     pub draining: AtomicBool,
+    /// `now_ms()` when the current drain began, which starts the sticky `drain_timeout`.
+    pub draining_since: AtomicU64,
     /// `now_ms()` until which passive detection keeps the server out; 0 = not ejected.
     pub ejected_until: AtomicU64,
     pub consecutive_failures: AtomicU32,
@@ -52,6 +54,7 @@ impl ServerState {
         ServerState {
             healthy: AtomicBool::new(healthy),
             draining: AtomicBool::new(false),
+            draining_since: AtomicU64::new(0),
             ejected_until: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
@@ -66,6 +69,17 @@ impl ServerState {
     pub fn ejected(&self, now: u64) -> bool {
         self.ejected_until.load(Relaxed) > now
     }
+
+    /// Stops new clients; a drain already under way keeps its start time (and its deadline).
+    pub fn start_draining(&self) {
+        if !self.draining.swap(true, Relaxed) {
+            self.draining_since.store(now_ms(), Relaxed);
+        }
+    }
+
+    pub fn stop_draining(&self) {
+        self.draining.store(false, Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -74,6 +88,8 @@ pub struct Server {
     pub authority: Authority,
     pub weight: u32,
     pub state: Arc<ServerState>,
+    /// Gone from the config but kept, draining, for the clients a sticky cookie pins to it.
+    pub removed: bool,
 }
 
 impl Server {
@@ -86,6 +102,7 @@ impl Server {
             address: cfg.address.as_str().into(),
             weight: cfg.weight,
             state,
+            removed: false,
         }
     }
 
@@ -105,7 +122,20 @@ impl Server {
 
     /// May receive new, unpinned requests.
     pub fn available(&self, now: u64) -> bool {
-        self.serving(now) && !self.state.draining.load(Relaxed)
+        self.serving(now) && !self.draining()
+    }
+
+    pub fn draining(&self) -> bool {
+        self.removed || self.state.draining.load(Relaxed)
+    }
+
+    /// May serve a request a sticky cookie pins to it: serving, and if draining, not for longer
+    /// than `drain_timeout`.
+    pub fn serves_pinned(&self, now: u64, drain_timeout: Duration) -> bool {
+        self.serving(now)
+            && (!self.draining()
+                || now.saturating_sub(self.state.draining_since.load(Relaxed))
+                    < drain_timeout.as_millis() as u64)
     }
 
     /// The share of its weight a recovering server gets: 10% rising to 100% over `window`.
@@ -190,6 +220,31 @@ impl RetryBudget {
     }
 }
 
+/// Servers of `prev` that the new config dropped, kept draining so the clients pinned to them keep
+/// their sessions until the sticky `drain_timeout` (counted from the drain's start) passes.
+fn removed_servers(cfg: &PoolConfig, prev: &Pool, drain_timeout: Duration) -> Vec<Server> {
+    let now = now_ms();
+    prev.servers
+        .iter()
+        .filter(|s| !cfg.servers.iter().any(|c| *c.address == *s.address))
+        .filter_map(|s| {
+            s.state.start_draining();
+            let since = s.state.draining_since.load(Relaxed);
+            if now.saturating_sub(since) >= drain_timeout.as_millis() as u64 {
+                return None;
+            }
+            tracing::info!(pool = %cfg.name, server = %s.address, "server removed from the config; draining its sticky sessions");
+            Some(Server {
+                address: s.address.clone(),
+                authority: s.authority.clone(),
+                weight: s.weight,
+                state: s.state.clone(),
+                removed: true,
+            })
+        })
+        .collect()
+}
+
 /// The result of one pick.
 pub enum Pick {
     Server(usize),
@@ -218,16 +273,24 @@ impl Pool {
     /// Builds a pool, taking over the state of servers that `previous` already had.
     pub fn build(cfg: &PoolConfig, previous: Option<&Pool>) -> Result<Pool, crate::tls::TlsError> {
         let initial = cfg.health.as_ref().is_none_or(|h| h.initial_healthy);
-        let servers: Box<[Server]> = cfg
+        let mut servers: Vec<Server> = cfg
             .servers
             .iter()
             .map(|s| {
                 let kept = previous.and_then(|p| p.server(&s.address));
+                if let Some(k) = kept.filter(|k| k.removed) {
+                    // Back in the config: its drain was only for having been removed.
+                    k.state.stop_draining();
+                }
                 let state =
                     kept.map_or_else(|| Arc::new(ServerState::new(initial)), |k| k.state.clone());
                 Server::new(s, state)
             })
             .collect();
+        if let (Some(sticky), Some(prev)) = (&cfg.sticky, previous) {
+            servers.extend(removed_servers(cfg, prev, sticky.drain_timeout));
+        }
+        let servers = servers.into_boxed_slice();
         Ok(Pool {
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, cfg.hash_key.as_deref(), &servers),
@@ -243,6 +306,17 @@ impl Pool {
             released: Notify::new(),
             queued: AtomicU32::new(0),
         })
+    }
+
+    /// Whether the probe task of server `idx` has work: a removed server whose drain is over serves
+    /// no one, so it is not probed any more.
+    pub fn probed(&self, idx: usize) -> bool {
+        let s = &self.servers[idx];
+        let timeout = self.sticky.as_ref().map(|st| st.config.drain_timeout);
+        !s.removed
+            || timeout.is_some_and(|t| {
+                now_ms().saturating_sub(s.state.draining_since.load(Relaxed)) < t.as_millis() as u64
+            })
     }
 
     pub fn server(&self, address: &str) -> Option<&Server> {

@@ -585,18 +585,25 @@ mod attempts {
             self.retries
         }
 
-        /// The pinned server first (while it is serving), then the balancer's choice.
+        /// The pinned server first (while it may serve its sessions), then the balancer's choice.
+        /// A keep-alive race retry returns to the pinned server; any other retry after it failed
+        /// goes elsewhere (`rebalance`) or is refused (`reject`).
         pub async fn pick(
             &mut self,
             pool: &Pool,
             input: &crate::balance::PickInput<'_>,
         ) -> Result<usize, ProxyError> {
-            if let Some(p) = self.pinned.take() {
-                if pool.servers[p].serving(crate::pool::now_ms()) {
-                    self.tried.push(p);
-                    return Ok(p);
-                }
-                if self.reject_unpinned {
+            if let (Some(p), Some(sticky)) = (self.pinned, &pool.sticky) {
+                if !self.tried.contains(&p) {
+                    let now = crate::pool::now_ms();
+                    if pool.servers[p].serves_pinned(now, sticky.config.drain_timeout) {
+                        self.tried.push(p);
+                        return Ok(p);
+                    }
+                    if self.reject_unpinned {
+                        return Err(ProxyError::StickyUnavailable);
+                    }
+                } else if self.reject_unpinned {
                     return Err(ProxyError::StickyUnavailable);
                 }
             }
@@ -606,6 +613,11 @@ mod attempts {
                 .ok_or(ProxyError::NoHealthyServer)?;
             self.tried.push(i);
             Ok(i)
+        }
+
+        /// With `on_unavailable: reject`, a request pinned to `server` may not move to another one.
+        fn bound(&self, server: usize) -> bool {
+            self.reject_unpinned && self.pinned == Some(server)
         }
 
         /// A retry of a request that reached a server: allowed by the route and the pool's budget.
@@ -626,7 +638,7 @@ mod attempts {
                     pool.record(server, s.is_server_error());
                     let bad =
                         matches!(s, StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE);
-                    if !(bad && self.spend(pool)) {
+                    if !(bad && !self.bound(server) && self.spend(pool)) {
                         return Next::Respond(r);
                     }
                     tracing::info!(server = %addr, status = s.as_u16(), "retrying on another server");
@@ -635,6 +647,10 @@ mod attempts {
                 }
                 Outcome::ConnectFailed(e) => {
                     pool.record(server, true);
+                    if self.bound(server) {
+                        tracing::info!(server = %addr, error = %e, "pinned server unreachable; on_unavailable: reject");
+                        return Next::Fail(ProxyError::StickyUnavailable);
+                    }
                     let again = self.race_server.take() == Some(server);
                     let ok = again || self.connect_retries_left > 0;
                     if ok && !again {
@@ -655,7 +671,7 @@ mod attempts {
                         self.race_server = Some(server);
                         self.tried.retain(|&t| t != server);
                     }
-                    let ok = race || (body_untouched && self.spend(pool));
+                    let ok = race || (body_untouched && !self.bound(server) && self.spend(pool));
                     (ok, ProxyError::Upstream(format!("{addr}: {error}")))
                 }
                 Outcome::TimedOut => {

@@ -175,7 +175,7 @@ pub async fn send(client: &Client<HttpConnector, Body>, req: Request<Body>) -> R
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
-async fn collect<B>(resp: http::Response<B>) -> Result<Resp, String>
+pub async fn collect<B>(resp: http::Response<B>) -> Result<Resp, String>
 where
     B: hyper::body::Body,
     B::Error: std::fmt::Debug,

@@ -21,6 +21,7 @@ pub mod config;
 pub mod control;
 pub mod hung;
 pub mod raw;
+pub mod tls_client;
 pub mod weir;
 
 // Each test file uses a different subset of these.

@@ -1,0 +1,125 @@
+//! A one-request TLS client (rustls, ALPN `h2` or `http/1.1`) for tests that only need to speak
+//! HTTPS to weir, not to inspect its certificates (tests/tls.rs has the full-featured one).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::time::timeout;
+
+use super::client::{collect, Body, Resp};
+use super::WAIT;
+
+/// The repository's dev certificate and key (SANs: localhost, weir.test, *.weir.test, 127.0.0.1).
+pub fn dev_cert_paths() -> (String, String) {
+    let dir = env!("CARGO_MANIFEST_DIR");
+    (
+        format!("{dir}/certs/dev.pem"),
+        format!("{dir}/certs/dev.key"),
+    )
+}
+
+/// Accepts any certificate (signatures still checked): these tests are about what flows inside.
+#[derive(Debug)]
+struct AcceptAny(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Sends `req` (an `https://host/path` URI) over a fresh TLS connection to `addr`, offering only
+/// `alpn` (`h2` or `http/1.1`); fails if the server picks anything else.
+pub async fn tls_send(
+    addr: SocketAddr,
+    alpn: &str,
+    mut req: Request<Body>,
+) -> Result<Resp, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+    let host = req.uri().host().unwrap_or("localhost").to_string();
+    let tcp = timeout(WAIT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let tls = timeout(
+        WAIT,
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .map_err(|_| "TLS handshake timed out".to_string())?
+    .map_err(|e| format!("TLS handshake: {e}"))?;
+    let negotiated = tls.get_ref().1.alpn_protocol().map(|p| p.to_vec());
+    if negotiated.as_deref() != Some(alpn.as_bytes()) {
+        return Err(format!("ALPN: asked for {alpn}, got {negotiated:?}"));
+    }
+    let io = TokioIo::new(tls);
+    let resp = if alpn == "h2" {
+        let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .map_err(|e| format!("h2 handshake: {e:?}"))?;
+        tokio::spawn(conn);
+        timeout(Duration::from_secs(30), s.send_request(req)).await
+    } else {
+        let (mut s, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| format!("http/1.1 handshake: {e:?}"))?;
+        tokio::spawn(conn);
+        req.headers_mut()
+            .entry(http::header::HOST)
+            .or_insert(host.parse().map_err(|_| "bad host")?);
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map_or("/".into(), |p| p.to_string());
+        *req.uri_mut() = pq.parse().map_err(|_| "bad path")?;
+        timeout(Duration::from_secs(30), s.send_request(req)).await
+    };
+    let resp = resp
+        .map_err(|_| "no response head within 30s".to_string())?
+        .map_err(|e| format!("request: {e:?}"))?;
+    collect(resp).await
+}
