@@ -13,6 +13,7 @@ pub mod app;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod framing;
 pub mod health;
