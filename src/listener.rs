@@ -270,17 +270,25 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let _ = tcp.set_nodelay(true);
     m.connections_total.get_or_create(&labels).inc();
     let gauge = m.connections.get_or_create(&labels).clone();
-    let open = ctx.open.clone();
-    open.fetch_add(1, Relaxed);
+    ctx.open.fetch_add(1, Relaxed);
     gauge.inc();
+    // Guards, not statements after `serve`: a panic in the task must still release the counts.
+    let open = Open(ctx.open.clone(), gauge);
     let guard = ctx.tracker.enter();
     let shared = ctx.shared.clone();
     let drain = ctx.drain.clone();
     tokio::spawn(async move {
-        let _guard = guard;
-        let _slot = slot;
+        let _guards = (guard, slot, open);
         crate::server::serve(tcp, peer, listener, shared, drain).await;
-        open.fetch_sub(1, Relaxed);
-        gauge.dec();
     });
+}
+
+/// One open connection in the listener's count and gauge.
+struct Open(Arc<AtomicUsize>, prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+        self.1.dec();
+    }
 }
