@@ -243,6 +243,9 @@ fn listener_limits(cx: &mut Ctx, o: &Origin, l: &RawListener) -> ListenerLimits 
         .as_ref()
         .and_then(|s| cx.size(o, "max_uri_length", s))
         .unwrap_or(8 * 1024) as usize;
+    if max_uri_length < 256 {
+        cx.err(o, "max_uri_length", "max_uri_length must be at least 256B");
+    }
     let http2_max_frame_size = l
         .http2_max_frame_size
         .as_ref()

@@ -68,6 +68,13 @@ impl BodySlot {
         })
     }
 
+    /// Whether the client's side failed the body (the forward error is then the client's doing).
+    pub fn client_fault(&self) -> bool {
+        self.too_large.load(Relaxed)
+            || self.timed_out.load(Relaxed)
+            || self.client_failed.load(Relaxed)
+    }
+
     /// Whether no attempt has started streaming the body yet.
     pub fn untouched(&self) -> bool {
         self.body.lock().map(|b| b.is_some()).unwrap_or(false)

@@ -551,6 +551,9 @@ mod attempts {
             body_untouched: bool,
         },
         TimedOut,
+        /// The client's body failed (too large, stalled, bad framing): not the server's fault, so
+        /// passive health must not count it (or a client could eject healthy servers).
+        ClientFault,
     }
 
     pub enum Next {
@@ -568,6 +571,7 @@ mod attempts {
             Err(_) => Outcome::TimedOut,
             Ok(Ok(r)) => Outcome::Response(r),
             Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed(error_chain(&e)),
+            Ok(Err(_)) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
             Ok(Err(e)) => Outcome::Failed {
                 error: error_chain(&e),
                 body_untouched: untouched,
@@ -697,6 +701,7 @@ mod attempts {
                     pool.record(server, true);
                     (false, ProxyError::Timeout)
                 }
+                Outcome::ClientFault => (false, ProxyError::BadRequest("request body failed")),
             };
             if retryable {
                 tracing::info!(server = %addr, error = %err, "retrying on another server");
