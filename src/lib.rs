@@ -2,7 +2,8 @@
 //!
 //! A request's path through the code, in module order: [`listener`] accepts the TCP connection,
 //! [`tls`] terminates TLS (SNI picks the certificate), [`server`] speaks HTTP/1.1 or HTTP/2 with the
-//! client, [`proxy`] handles the request: [`router`] picks the first matching route from the
+//! client (while [`framing`] shadow-parses HTTP/1 bytes for ambiguous framing and [`conn`] times idle
+//! and slow clients), [`proxy`] handles the request: [`router`] picks the first matching route from the
 //! [`runtime`] table, its [`pool`] picks a server with a [`balance`]r (or [`sticky`] cookie) among those
 //! [`health`] considers up, and the pooled client forwards it, streaming both bodies. [`config`]
 //! builds the table; [`app`] wires signals, reload and drain; [`admin`] and [`metrics`] report.
@@ -13,6 +14,7 @@ pub mod app;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod framing;
 pub mod health;

@@ -2,15 +2,16 @@
 //!
 //! Sockets outlive configuration tables: a reload keeps every listener whose address did not change
 //! (no connection is refused, not even for a millisecond), binds new ones and closes removed ones. An
-//! accept error such as EMFILE backs off instead of spinning; a connection cap refuses new sockets
-//! cheaply while established ones keep being served.
+//! accept error such as EMFILE backs off instead of spinning; a connection cap (per listener, and per
+//! client address) refuses new sockets cheaply, before any TLS or HTTP work, while established ones
+//! keep being served.
 
 use crate::config::ListenerConfig;
 use crate::runtime::{Runtime, Shared};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
@@ -154,6 +155,7 @@ impl Listeners {
             tracker: self.tracker.clone(),
             drain: self.drain.clone(),
             open: Arc::new(AtomicUsize::new(0)),
+            per_ip: Arc::new(PerIp::default()),
         };
         tokio::spawn(accept_loop(sock, ctx, stopped));
         self.running.insert(
@@ -184,6 +186,40 @@ struct AcceptCtx {
     tracker: Arc<Tracker>,
     drain: watch::Receiver<bool>,
     open: Arc<AtomicUsize>,
+    per_ip: Arc<PerIp>,
+}
+
+/// Open connections per client address on one listener. The lock is taken twice per connection
+/// (accept and close), never per request, and only when `max_connections_per_ip` is set.
+#[derive(Default)]
+pub struct PerIp(Mutex<HashMap<IpAddr, u32>>);
+
+/// One connection counted against its address; dropping it uncounts it.
+pub struct IpSlot(Arc<PerIp>, IpAddr);
+
+impl PerIp {
+    /// Counts a connection from `ip`, or refuses it when `ip` already has `max` open.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n as usize >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(self.clone(), ip))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
 }
 
 async fn accept_loop(sock: TcpListener, ctx: AcceptCtx, mut stop: watch::Receiver<bool>) {
@@ -215,23 +251,44 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     };
     let m = &ctx.shared.metrics;
     let labels = m.listener(&listener.name);
-    if ctx.open.load(Relaxed) >= listener.config.limits.max_connections {
+    let limits = &listener.config.limits;
+    if ctx.open.load(Relaxed) >= limits.max_connections {
         m.connections_refused.get_or_create(&labels).inc();
         return; // dropping the socket refuses it
     }
+    let slot = match limits.max_connections_per_ip {
+        0 => None,
+        max => match ctx.per_ip.admit(peer.ip().to_canonical(), max) {
+            Some(s) => Some(s),
+            None => {
+                m.connections_refused.get_or_create(&labels).inc();
+                tracing::debug!(listener = %listener.name, %peer, "per-address connection cap reached");
+                return;
+            }
+        },
+    };
     let _ = tcp.set_nodelay(true);
     m.connections_total.get_or_create(&labels).inc();
     let gauge = m.connections.get_or_create(&labels).clone();
-    let open = ctx.open.clone();
-    open.fetch_add(1, Relaxed);
+    ctx.open.fetch_add(1, Relaxed);
     gauge.inc();
+    // Guards, not statements after `serve`: a panic in the task must still release the counts.
+    let open = Open(ctx.open.clone(), gauge);
     let guard = ctx.tracker.enter();
     let shared = ctx.shared.clone();
     let drain = ctx.drain.clone();
     tokio::spawn(async move {
-        let _guard = guard;
+        let _guards = (guard, slot, open);
         crate::server::serve(tcp, peer, listener, shared, drain).await;
-        open.fetch_sub(1, Relaxed);
-        gauge.dec();
     });
+}
+
+/// One open connection in the listener's count and gauge.
+struct Open(Arc<AtomicUsize>, prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+        self.1.dec();
+    }
 }

@@ -1,7 +1,15 @@
 //! One client connection: optional TLS handshake, then hyper-util's auto builder (HTTP/1.1, HTTP/2 by
 //! ALPN, or h2c with prior knowledge on the same port), with the listener's limits and timeouts.
+//!
+//! Every HTTP/2 limit hyper and h2 offer is set here explicitly rather than left to library
+//! defaults, so an upgrade cannot loosen them: concurrent streams, header list size, frame size,
+//! streams reset by the client before they were served (rapid reset, CVE-2023-44487: beyond the cap
+//! the connection gets GOAWAY ENHANCE_YOUR_CALM), streams weir itself had to reset, the per-stream
+//! send buffer, and PING keep-alive. h2 also bounds CONTINUATION floods by the header list size.
+//! The header-read and idle timers are weir's own ([`crate::conn::watchdog`]).
 
 use crate::config::ListenerLimits;
+use crate::conn::{ConnState, Expired, Timeouts};
 use crate::framing::Tap;
 use crate::proxy::{self, ConnInfo, TlsInfo};
 use crate::runtime::{ListenerRuntime, Shared};
@@ -10,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -19,14 +27,23 @@ use tokio::sync::watch;
 /// The HTTP server settings of one listener, built once per reload.
 pub struct Http {
     builder: auto::Builder<TokioExecutor>,
+    timeouts: Timeouts,
+    max_head: usize,
 }
+
+/// Streams a client may reset before weir has served them, per connection (rapid reset).
+const MAX_PENDING_ACCEPT_RESETS: usize = 50;
+/// Streams weir may reset for protocol errors before it closes the connection.
+const MAX_LOCAL_ERROR_RESETS: usize = 256;
+/// Response bytes buffered per HTTP/2 stream before backpressure reaches the server.
+const H2_SEND_BUFFER: usize = 256 * 1024;
 
 impl Http {
     pub fn new(limits: &ListenerLimits) -> Http {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_size)
             .max_headers(limits.max_headers)
             .keep_alive(true)
@@ -35,12 +52,21 @@ impl Http {
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(limits.max_header_size as u32)
-            .max_pending_accept_reset_streams(Some(50))
-            .max_local_error_reset_streams(Some(256))
+            .max_frame_size(limits.http2_max_frame_size)
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESETS))
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
+            .max_send_buf_size(H2_SEND_BUFFER)
             .keep_alive_interval(Some(std::time::Duration::from_secs(30)))
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .enable_connect_protocol();
-        Http { builder: b }
+        Http {
+            builder: b,
+            timeouts: Timeouts {
+                header_read: limits.header_read_timeout,
+                idle: limits.idle_timeout,
+            },
+            max_head: limits.max_header_size,
+        }
     }
 }
 
@@ -52,17 +78,18 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let ambiguous = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState::default());
     let conn = |tls| {
         Arc::new(ConnInfo {
             peer,
             listener: listener.clone(),
             tls,
-            ambiguous: ambiguous.clone(),
+            state: state.clone(),
         })
     };
+    let max_head = listener.http.max_head;
     let Some(tls) = &listener.tls else {
-        let io = Tap::new(tcp, ambiguous.clone());
+        let io = Tap::new(tcp, state.clone(), max_head);
         return serve_http(io, conn(None), shared, shutdown).await;
     };
     let Some(stream) = handshake(tcp, peer, &listener, tls, &shared).await else {
@@ -86,9 +113,11 @@ pub async fn serve(
     };
     // HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity to watch for.
     if info.alpn.as_deref() == Some("h2") {
-        serve_http(stream, conn(Some(info)), shared, shutdown).await
+        state.h2.store(true, Relaxed);
+        let io = Tap::passive(stream, state.clone());
+        serve_http(io, conn(Some(info)), shared, shutdown).await
     } else {
-        let io = Tap::new(stream, ambiguous.clone());
+        let io = Tap::new(stream, state.clone(), max_head);
         serve_http(io, conn(Some(info)), shared, shutdown).await
     }
 }
@@ -141,7 +170,9 @@ async fn serve_http<IO>(
     let service = service_fn(move |req| {
         let conn = svc_conn.clone();
         let shared = svc_shared.clone();
-        let fut = Box::pin(async move { proxy::handle(req, &conn, &shared).await });
+        // Counted from the moment hyper hands the request over until its response body is gone.
+        let busy = conn.state.enter();
+        let fut = Box::pin(async move { proxy::handle(req, &conn, &shared, busy).await });
         async move { Ok::<_, Infallible>(fut.await) }
     });
     let http = listener
@@ -149,12 +180,29 @@ async fn serve_http<IO>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(http);
+    let watchdog = crate::conn::watchdog(&conn.state, listener.http.timeouts);
     let result = tokio::select! {
         r = http.as_mut() => r,
         _ = crate::listener::until_set(&mut shutdown) => {
             http.as_mut().graceful_shutdown();
             http.await
         }
+        expired = watchdog => match expired {
+            Expired::Idle => {
+                tracing::debug!(peer = %conn.peer, listener = %listener.name, "idle timeout");
+                http.as_mut().graceful_shutdown();
+                // An idle connection has nothing to finish; bound the goodbye all the same.
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http).await;
+                return;
+            }
+            Expired::Head { started } => {
+                tracing::debug!(peer = %conn.peer, listener = %listener.name, "header read timeout");
+                if started {
+                    proxy::log_refused(&conn, &shared, 408, "header_timeout");
+                }
+                return; // dropping the connection closes it
+            }
+        },
     };
     if let Err(e) = result {
         // hyper answers unparsable heads itself (400, or 431 when too large); log them like any

@@ -1313,65 +1313,6 @@ async fn upstream_tls_verified_against_the_pool_ca() {
     );
 }
 
-#[tokio::test]
-async fn health_probes_of_a_tls_pool_use_tls_and_its_ca() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = Ca::new("weir test upstream CA");
-    let other = Ca::new("an unrelated CA");
-    let ca_path = ca.write(dir.path(), "ca.pem");
-    let other_path = other.write(dir.path(), "other.pem");
-    let (addr, _task) = tls_backend(&ca.server_cert(&["localhost"])).await;
-    // A TLS handshake in a debug build on a busy machine can take a while: a generous timeout.
-    let health = "    health:\n      path: /healthz\n      interval: 1s\n      timeout: 800ms\n\
-                  \x20     unhealthy_after: 1\n      healthy_after: 1\n";
-    let yaml = format!(
-        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
-         pools:\n\
-         \x20 good:\n    tls: true\n    ca: \"{ca_path}\"\n    sni: localhost\n{health}\
-         \x20   servers:\n      - address: \"{addr}\"\n\
-         \x20 wrong_ca:\n    tls: true\n    ca: \"{other_path}\"\n    sni: localhost\n{health}\
-         \x20   servers:\n      - address: \"{addr}\"\n\
-         routes:\n\
-         \x20 - name: good\n    match:\n      path_prefix: \"/good\"\n    pool: good\n\
-         \x20 - name: wrong\n    match:\n      path_prefix: \"/\"\n    pool: wrong_ca\n\
-         admin:\n  bind: \"127.0.0.1:0\"\n"
-    );
-    let weir = start_in(dir.path(), &yaml, &["web"]).await;
-    let admin = support::control::Admin::of(&weir).await;
-    let until = |pool: &'static str, what: &'static str, pred: fn(&serde_json::Value) -> bool| {
-        let admin = &admin;
-        async move {
-            let start = Instant::now();
-            loop {
-                let st = admin.status().await;
-                let s = support::control::find_server(&st, pool, addr).expect("server in /status");
-                if pred(&s) {
-                    return s;
-                }
-                assert!(
-                    start.elapsed() < WAIT,
-                    "{pool}: never {what} within {WAIT:?}: {s}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-    // A plain-HTTP probe of a TLS server would fail: passing proves the probe spoke TLS.
-    until("good", "passed a probe", |s| {
-        s["last_probe"]["ok"] == true && s["healthy"] == true
-    })
-    .await;
-    // The wrong CA fails the handshake, and the probe says so.
-    until("wrong_ca", "failed on the certificate", |s| {
-        let detail = s["last_probe"]["detail"].as_str().unwrap_or_default();
-        s["last_probe"]["ok"] == false
-            && s["healthy"] == false
-            && (detail.contains("certificate") || detail.contains("issuer"))
-    })
-    .await;
-    let r = weir.get("app.test", "/good/x").await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-
 /// The `sni` and `conn` an HTTPS [`tls_backend`] reported.
 fn sni_and_conn(resp: &Resp) -> (Option<String>, u64) {
     let v: serde_json::Value = serde_json::from_slice(&resp.body).expect("echo");
@@ -1601,4 +1542,64 @@ fn check_warns_about_an_expired_certificate_but_accepts_it() {
         warning.is_some(),
         "no warning naming expired.pem in weir check's output:\n{out}"
     );
+}
+
+#[tokio::test]
+async fn health_probes_of_a_tls_pool_use_tls_and_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("weir test upstream CA");
+    let other = Ca::new("an unrelated CA");
+    let ca_path = ca.write(dir.path(), "ca.pem");
+    let other_path = other.write(dir.path(), "other.pem");
+    let (addr, _task) = tls_backend(&ca.server_cert(&["localhost"])).await;
+    // A TLS handshake in a debug build on a busy machine can take a while: a generous timeout.
+    let health = "    health:\n      path: /healthz\n      interval: 1s\n      timeout: 800ms\n\
+                  \x20     unhealthy_after: 1\n      healthy_after: 1\n";
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
+         pools:\n\
+         \x20 good:\n    tls: true\n    ca: \"{ca_path}\"\n    sni: localhost\n{health}\
+         \x20   servers:\n      - address: \"{addr}\"\n\
+         \x20 wrong_ca:\n    tls: true\n    ca: \"{other_path}\"\n    sni: localhost\n{health}\
+         \x20   servers:\n      - address: \"{addr}\"\n\
+         routes:\n\
+         \x20 - name: good\n    match:\n      path_prefix: \"/good\"\n    pool: good\n\
+         \x20 - name: wrong\n    match:\n      path_prefix: \"/\"\n    pool: wrong_ca\n\
+         admin:\n  bind: \"127.0.0.1:0\"\n"
+    );
+    let weir = start_in(dir.path(), &yaml, &["web"]).await;
+    let admin = support::control::Admin::of(&weir).await;
+    let until = |pool: &'static str, what: &'static str, pred: fn(&serde_json::Value) -> bool| {
+        let admin = &admin;
+        async move {
+            let start = Instant::now();
+            loop {
+                let st = admin.status().await;
+                let s = support::control::find_server(&st, pool, addr).expect("server in /status");
+                if pred(&s) {
+                    return s;
+                }
+                assert!(
+                    start.elapsed() < WAIT,
+                    "{pool}: never {what} within {WAIT:?}: {s}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // A plain-HTTP probe of a TLS server would fail: passing proves the probe spoke TLS.
+    until("good", "passed a probe", |s| {
+        s["last_probe"]["ok"] == true && s["healthy"] == true
+    })
+    .await;
+    // The wrong CA fails the handshake, and the probe says so.
+    until("wrong_ca", "failed on the certificate", |s| {
+        let detail = s["last_probe"]["detail"].as_str().unwrap_or_default();
+        s["last_probe"]["ok"] == false
+            && s["healthy"] == false
+            && (detail.contains("certificate") || detail.contains("issuer"))
+    })
+    .await;
+    let r = weir.get("app.test", "/good/x").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }

@@ -44,7 +44,10 @@ pub struct ListenerLimits {
     pub idle_timeout: Duration,
     pub max_header_size: usize,
     pub max_headers: usize,
+    pub max_uri_length: usize,
+    pub body_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
+    pub http2_max_frame_size: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

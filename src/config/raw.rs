@@ -107,7 +107,10 @@ pub struct RawListener {
     pub idle_timeout: Option<String>,
     pub max_header_size: Option<Scalar>,
     pub max_headers: Option<usize>,
+    pub max_uri_length: Option<Scalar>,
+    pub body_timeout: Option<String>,
     pub http2_max_concurrent_streams: Option<u32>,
+    pub http2_max_frame_size: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

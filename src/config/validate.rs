@@ -238,7 +238,30 @@ fn listener_limits(cx: &mut Ctx, o: &Origin, l: &RawListener) -> ListenerLimits 
             "max_header_size must be at least 8KiB",
         );
     }
+    let max_uri_length = l
+        .max_uri_length
+        .as_ref()
+        .and_then(|s| cx.size(o, "max_uri_length", s))
+        .unwrap_or(8 * 1024) as usize;
+    if max_uri_length < 256 {
+        cx.err(o, "max_uri_length", "max_uri_length must be at least 256B");
+    }
+    let http2_max_frame_size = l
+        .http2_max_frame_size
+        .as_ref()
+        .and_then(|s| cx.size(o, "http2_max_frame_size", s))
+        .unwrap_or(16 * 1024);
+    if !(16_384..=16_777_215).contains(&http2_max_frame_size) {
+        cx.err(
+            o,
+            "http2_max_frame_size",
+            "http2_max_frame_size must be between 16KiB and 16MiB - 1 (RFC 9113)",
+        );
+    }
     ListenerLimits {
+        max_uri_length,
+        body_timeout: cx.duration(o, "body_timeout", &l.body_timeout, Duration::from_secs(60)),
+        http2_max_frame_size: http2_max_frame_size.clamp(16_384, 16_777_215) as u32,
         max_connections: l.max_connections.unwrap_or(50_000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),
         header_read_timeout: cx.duration(

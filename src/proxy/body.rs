@@ -3,16 +3,23 @@
 //! [`ForwardBody`] carries a client's request body to a server. Until hyper first polls it, the client
 //! body waits in a shared slot, so after a failed connect the proxy can take it back and retry on
 //! another server: a body that was never streamed is safe to send again, whatever the method.
+//! The client body is cut off (an error towards the server, so it sees an aborted body, never a
+//! complete one) when the framing tap finds its chunked framing bad, or when the client sends nothing
+//! for the listener's `body_timeout`.
 //! [`ResponseBody`] carries the answer back and, when dropped (stream done or client gone), releases
 //! the server's in-flight count and writes the access-log line with the bytes really sent.
 
+use crate::conn::{Busy, ConnState};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -20,24 +27,52 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("request body exceeds the route's max_body_size")]
 pub struct BodyTooLarge;
 
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled longer than the listener's body_timeout")]
+pub struct BodyStalled;
+
+#[derive(Debug, thiserror::Error)]
+#[error("request body framing is ambiguous")]
+pub struct BodyAmbiguous;
+
+/// What a request body is checked against while it streams.
+#[derive(Debug)]
+pub struct Watch {
+    pub state: Arc<ConnState>,
+    /// The request's index on its connection, for the framing verdict.
+    pub index: u64,
+    pub timeout: Duration,
+}
+
 /// Where a request body waits until the first attempt that really streams it.
 #[derive(Debug)]
 pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
     hint: SizeHint,
+    watch: Watch,
     pub too_large: AtomicBool,
+    pub timed_out: AtomicBool,
     /// The client's side of the body failed (bad chunk framing, reset): not the server's fault.
     pub client_failed: AtomicBool,
 }
 
 impl BodySlot {
-    pub fn new(body: Incoming) -> Arc<BodySlot> {
+    pub fn new(body: Incoming, watch: Watch) -> Arc<BodySlot> {
         Arc::new(BodySlot {
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
+            watch,
             too_large: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
             client_failed: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the client's side failed the body (the forward error is then the client's doing).
+    pub fn client_fault(&self) -> bool {
+        self.too_large.load(Relaxed)
+            || self.timed_out.load(Relaxed)
+            || self.client_failed.load(Relaxed)
     }
 
     /// Whether no attempt has started streaming the body yet.
@@ -54,6 +89,9 @@ pub enum ForwardBody {
         taken: Option<Incoming>,
         limit: u64,
         seen: u64,
+        /// Armed while waiting for the client; allocated on the first wait.
+        stall: Option<Pin<Box<Sleep>>>,
+        waiting: bool,
     },
 }
 
@@ -64,6 +102,8 @@ impl ForwardBody {
             taken: None,
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
+            stall: None,
+            waiting: false,
         }
     }
 }
@@ -81,6 +121,8 @@ impl Body for ForwardBody {
             taken,
             limit,
             seen,
+            stall,
+            waiting,
         } = self.get_mut()
         else {
             return Poll::Ready(None);
@@ -91,7 +133,32 @@ impl Body for ForwardBody {
         let Some(body) = taken else {
             return Poll::Ready(None);
         };
-        match Pin::new(body).poll_frame(cx) {
+        let polled = Pin::new(body).poll_frame(cx);
+        let w = &slot.watch;
+        if matches!(polled, Poll::Ready(_)) && w.state.is_bad(w.index) {
+            slot.client_failed.store(true, Relaxed);
+            return Poll::Ready(Some(Err(Box::new(BodyAmbiguous))));
+        }
+        match polled {
+            Poll::Pending => {
+                // The clock starts when we start waiting, so time the server spent not reading
+                // (backpressure) never counts against the client.
+                let deadline = Instant::now() + w.timeout;
+                let sleep =
+                    stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !*waiting {
+                    sleep.as_mut().reset(deadline);
+                    *waiting = true;
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    slot.timed_out.store(true, Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+                }
+                return Poll::Pending;
+            }
+            Poll::Ready(_) => *waiting = false,
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     *seen += d.len() as u64;
@@ -139,6 +206,8 @@ pub struct ResponseBody {
     kind: Kind,
     bytes: u64,
     finish: Option<Box<dyn Finish>>,
+    /// The request counts as in flight (for the idle timer) until its response body is gone.
+    busy: Option<Busy>,
 }
 
 enum Kind {
@@ -152,6 +221,7 @@ impl ResponseBody {
             kind: Kind::Upstream(body),
             bytes: 0,
             finish: None,
+            busy: None,
         }
     }
 
@@ -161,6 +231,7 @@ impl ResponseBody {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             bytes: 0,
             finish: None,
+            busy: None,
         }
     }
 
@@ -170,6 +241,10 @@ impl ResponseBody {
 
     pub fn on_finish(&mut self, f: Box<dyn Finish>) {
         self.finish = Some(f);
+    }
+
+    pub fn hold(&mut self, busy: Busy) {
+        self.busy = Some(busy);
     }
 }
 

@@ -26,6 +26,10 @@ pub enum ProxyError {
     Timeout,
     #[error("request body too large")]
     BodyTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
+    #[error("the client stopped sending its request body")]
+    BodyTimeout,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
     #[error("host not covered by the TLS certificate of this connection")]
@@ -42,6 +46,8 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
@@ -57,6 +63,8 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Misdirected => "misdirected",
         }
@@ -66,6 +74,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute
             | ProxyError::BodyTooLarge
+            | ProxyError::UriTooLong
+            | ProxyError::BodyTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::Misdirected => Side::Client,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
@@ -85,6 +95,8 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
             ProxyError::Timeout => "504 Gateway Timeout\n",
             ProxyError::BodyTooLarge => "413 Payload Too Large\n",
+            ProxyError::UriTooLong => "414 URI Too Long\n",
+            ProxyError::BodyTimeout => "408 Request Timeout\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
         }
@@ -105,6 +117,8 @@ mod tests {
             (ProxyError::Upstream("reset".into()), 502),
             (ProxyError::Timeout, 504),
             (ProxyError::BodyTooLarge, 413),
+            (ProxyError::UriTooLong, 414),
+            (ProxyError::BodyTimeout, 408),
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::Misdirected, 421),
         ];

@@ -23,8 +23,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerRuntime>,
     pub tls: Option<TlsInfo>,
-    /// Raised by `framing::Tap` when this connection sent an ambiguously framed head.
-    pub ambiguous: Arc<std::sync::atomic::AtomicBool>,
+    /// Shared with the framing tap (its verdict) and the connection's watchdog (activity).
+    pub state: Arc<crate::conn::ConnState>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +135,7 @@ pub async fn handle(
     req: Request<Incoming>,
     conn: &ConnInfo,
     shared: &Arc<Shared>,
+    busy: crate::conn::Busy,
 ) -> Response<ResponseBody> {
     let rt = shared.runtime.load_full();
     // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
@@ -163,7 +164,7 @@ pub async fn handle(
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
     });
-    let mut resp = match serve(req, conn, &rt, &mut done).await {
+    let mut resp = match serve(req, conn, &rt, &mut done, busy.index).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &mut done),
     };
@@ -174,6 +175,7 @@ pub async fn handle(
     }
     done.status = resp.status().as_u16();
     resp.body_mut().on_finish(done);
+    resp.body_mut().hold(busy);
     resp
 }
 
@@ -193,7 +195,10 @@ fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    if matches!(e, ProxyError::BadRequest(_)) {
+    if matches!(
+        e,
+        ProxyError::BadRequest(_) | ProxyError::UriTooLong | ProxyError::BodyTimeout
+    ) {
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -201,8 +206,23 @@ fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
 }
 
 /// Rejects framing and routing ambiguities that a server behind us might read differently.
-fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> {
+    if uri_len(req.uri()) > max_uri {
+        return Err(ProxyError::UriTooLong);
+    }
     let h = req.headers();
+    if let Some(host) = h.get(header::HOST) {
+        // The router and the server must read the same host: one valid authority, no userinfo.
+        let valid = host.is_empty()
+            || host
+                .to_str()
+                .ok()
+                .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| !a.as_str().contains('@'));
+        if !valid {
+            return Err(ProxyError::BadRequest("invalid host header"));
+        }
+    }
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
         return Err(ProxyError::BadRequest(
             "both content-length and transfer-encoding",
@@ -234,16 +254,25 @@ fn check_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// The request target's length as the client sent it (origin or absolute form).
+fn uri_len(uri: &Uri) -> usize {
+    let pq = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let auth = uri.authority().map_or(0, |a| a.as_str().len());
+    scheme + auth + pq
+}
+
 async fn serve(
     req: Request<Incoming>,
     conn: &ConnInfo,
     rt: &Runtime,
     done: &mut Done,
+    index: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    if conn.ambiguous.load(Relaxed) {
+    if conn.state.is_bad(index) {
         return Err(ProxyError::BadRequest("ambiguous framing"));
     }
-    check_request(&req)?;
+    check_request(&req, conn.listener.config.limits.max_uri_length)?;
     if let Some(port) = conn.listener.config.redirect_https {
         return Ok(redirect(&req, port));
     }
@@ -261,7 +290,7 @@ async fn serve(
     }
     let pool = rt.pools[route.pool].clone();
     done.pool = Some(pool.clone());
-    forward(req, conn, route, &pool, done).await
+    forward(req, conn, route, &pool, done, index).await
 }
 
 /// 308 to the same host and path on https at `port`.
@@ -326,6 +355,7 @@ async fn forward(
     route: &Route,
     pool: &Arc<Pool>,
     done: &mut Done,
+    index: u64,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if let Some(max) = route.max_body_size {
@@ -383,7 +413,14 @@ async fn forward(
         headers: std::mem::take(&mut parts.headers),
         version,
     };
-    let slot = (!http_body::Body::is_end_stream(&body)).then(|| BodySlot::new(body));
+    let slot = (!http_body::Body::is_end_stream(&body)).then(|| {
+        let watch = body::Watch {
+            state: conn.state.clone(),
+            index,
+            timeout: conn.listener.config.limits.body_timeout,
+        };
+        BodySlot::new(body, watch)
+    });
     let input = crate::balance::PickInput {
         client_ip: conn.peer.ip(),
         headers: &head.headers,
@@ -415,6 +452,9 @@ async fn forward(
                 if let Some(s) = &slot {
                     if s.too_large.load(Relaxed) {
                         return Err(ProxyError::BodyTooLarge);
+                    }
+                    if s.timed_out.load(Relaxed) {
+                        return Err(ProxyError::BodyTimeout);
                     }
                     if s.client_failed.load(Relaxed) {
                         return Err(ProxyError::BadRequest("malformed or aborted request body"));
@@ -475,6 +515,7 @@ fn respond(
         let mut up = Response::from_parts(parts, ());
         let upstream_on = hyper::upgrade::on(&mut up);
         let (parts, ()) = up.into_parts();
+        conn.state.upgraded.store(true, Relaxed);
         u.splice(upstream_on);
         resp_body = ResponseBody::empty();
         let mut r = Response::from_parts(parts, resp_body);
@@ -510,6 +551,9 @@ mod attempts {
             body_untouched: bool,
         },
         TimedOut,
+        /// The client's body failed (too large, stalled, bad framing): not the server's fault, so
+        /// passive health must not count it (or a client could eject healthy servers).
+        ClientFault,
     }
 
     pub enum Next {
@@ -527,6 +571,7 @@ mod attempts {
             Err(_) => Outcome::TimedOut,
             Ok(Ok(r)) => Outcome::Response(r),
             Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed(error_chain(&e)),
+            Ok(Err(_)) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
             Ok(Err(e)) => Outcome::Failed {
                 error: error_chain(&e),
                 body_untouched: untouched,
@@ -678,6 +723,7 @@ mod attempts {
                     pool.record(server, true);
                     (false, ProxyError::Timeout)
                 }
+                Outcome::ClientFault => (false, ProxyError::BadRequest("request body failed")),
             };
             if retryable {
                 tracing::info!(server = %addr, error = %err, "retrying on another server");

@@ -8,6 +8,8 @@
 //! - [`backend`]: small hyper servers that answer with a JSON echo of what they received.
 //! - [`client`]: request helpers over hyper-util's pooled client, h2c, and streaming bodies.
 //! - [`raw`]: hand-written bytes over TCP for malformed requests and exact header control.
+//! - [`recorder`]: a raw TCP backend that records exact bytes and answers from a script.
+//! - [`rawconn`]: one raw connection kept open for keep-alive and pipelining.
 //! - [`config`]: snippets for writing YAML configs around backends.
 //! - [`control`]: backends switchable at run time, and weir's admin API.
 //! - [`hung`]: a server that accepts and never answers.
@@ -21,6 +23,8 @@ pub mod config;
 pub mod control;
 pub mod hung;
 pub mod raw;
+pub mod rawconn;
+pub mod recorder;
 pub mod tls_client;
 pub mod weir;
 
