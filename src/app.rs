@@ -18,6 +18,8 @@ pub enum AppError {
     Compile(#[from] CompileError),
     #[error("{0}")]
     Bind(String),
+    #[error("cannot watch the configuration: {0}")]
+    Watch(String),
     #[error("signal handling: {0}")]
     Signals(#[from] std::io::Error),
 }
@@ -31,11 +33,18 @@ pub fn load(path: &Path) -> Result<config::Config, ConfigError> {
     Ok(cfg)
 }
 
+/// How `weir run` was asked to behave beyond its config.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Reload when the config files change (as on SIGHUP).
+    pub watch: bool,
+}
+
 /// `weir run`: serve until a drain completes.
-pub async fn run(path: PathBuf) -> Result<(), AppError> {
+pub async fn run(path: PathBuf, opts: RunOptions) -> Result<(), AppError> {
     let cfg = load(&path)?;
     let rt = Runtime::compile(cfg, None, 1)?;
-    serve(rt, Some(path)).await
+    serve(rt, Some(path), opts).await
 }
 
 /// A running proxy: its table, listeners and drain signal.
@@ -44,6 +53,36 @@ pub struct Proxy {
     listeners: Listeners,
     tracker: Arc<Tracker>,
     drain: watch::Sender<bool>,
+    admin: Option<AdminTask>,
+}
+
+/// The running admin listener: what it was bound for, and its accept loop to stop on a rebind.
+struct AdminTask {
+    bind: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AdminTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bind_admin(a: &config::AdminConfig) -> Result<tokio::net::TcpListener, AppError> {
+    crate::listener::bind(a.bind)
+        .map_err(|e| AppError::Bind(format!("admin: cannot bind {}: {e}", a.bind)))
+}
+
+fn start_admin(
+    a: &config::AdminConfig,
+    sock: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+) -> AdminTask {
+    tracing::info!(addr = %sock.local_addr().unwrap_or(a.bind), "admin listening");
+    AdminTask {
+        bind: a.bind,
+        task: tokio::spawn(crate::admin::serve(sock, shared.clone())),
+    }
 }
 
 impl Proxy {
@@ -58,17 +97,16 @@ impl Proxy {
             .reconcile(&shared.runtime.load())
             .map_err(AppError::Bind)?;
         crate::health::spawn_all(&shared.runtime.load().pools);
-        if let Some(a) = admin {
-            let sock = crate::listener::bind(a.bind)
-                .map_err(|e| AppError::Bind(format!("admin: cannot bind {}: {e}", a.bind)))?;
-            tracing::info!(addr = %sock.local_addr().unwrap_or(a.bind), "admin listening");
-            tokio::spawn(crate::admin::serve(sock, shared.clone()));
-        }
+        let admin = match admin {
+            Some(a) => Some(start_admin(&a, bind_admin(&a)?, &shared)),
+            None => None,
+        };
         Ok(Proxy {
             shared,
             listeners,
             tracker,
             drain,
+            admin,
         })
     }
 
@@ -99,11 +137,26 @@ impl Proxy {
         let old = self.shared.runtime.load_full();
         let generation = self.shared.next_generation();
         let rt = Runtime::compile(cfg, Some(&old), generation)?;
+        // Bind a moved admin endpoint first: if that fails, nothing has changed yet.
+        let new_admin = rt.config.admin.clone();
+        let admin_moved = new_admin.as_ref().map(|a| a.bind) != self.admin.as_ref().map(|a| a.bind);
+        let admin_sock = match (&new_admin, admin_moved) {
+            (Some(a), true) => Some(bind_admin(a)?),
+            _ => None,
+        };
         self.listeners.reconcile(&rt).map_err(AppError::Bind)?;
         let rt = Arc::new(rt);
         self.shared.runtime.store(rt.clone());
         old.retire();
         crate::health::spawn_all(&rt.pools);
+        if admin_moved {
+            if let Some(old) = self.admin.take() {
+                tracing::info!(addr = %old.bind, "admin listener closed");
+            }
+            if let (Some(a), Some(sock)) = (&new_admin, admin_sock) {
+                self.admin = Some(start_admin(a, sock, &self.shared));
+            }
+        }
         Ok(generation)
     }
 
@@ -129,13 +182,43 @@ impl Proxy {
     }
 }
 
-/// Serves `rt` until SIGTERM/SIGINT; SIGHUP reloads from `reload_from`.
-pub async fn serve(rt: Runtime, reload_from: Option<PathBuf>) -> Result<(), AppError> {
+/// Serves `rt` until SIGTERM/SIGINT; SIGHUP (and with `--watch` a file change) reloads from
+/// `reload_from`.
+pub async fn serve(
+    rt: Runtime,
+    reload_from: Option<PathBuf>,
+    opts: RunOptions,
+) -> Result<(), AppError> {
     let mut signals = Signals::install()?;
     let mut proxy = Proxy::start(rt).await?;
-    while let Signal::Reload = signals.next().await {
+    let mut watch = match (&reload_from, opts.watch) {
+        (Some(p), true) => {
+            let w =
+                crate::watch::ConfigWatch::start(p).map_err(|e| AppError::Watch(e.to_string()))?;
+            tracing::info!(config = %p.display(), "watching the configuration for changes");
+            Some(w)
+        }
+        _ => None,
+    };
+    loop {
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Reload => "SIGHUP",
+                Signal::Drain => break,
+            },
+            () = changed => "file change",
+        };
         match &reload_from {
-            Some(p) => proxy.reload(p),
+            Some(p) => {
+                tracing::info!(trigger = why, "reloading the configuration");
+                proxy.reload(p)
+            }
             None => tracing::warn!("SIGHUP ignored: this configuration was not read from a file"),
         }
     }

@@ -36,6 +36,9 @@ pub enum Command {
         /// A YAML file, or a directory of *.yaml / *.yml files merged in name order.
         #[arg(long, short, env = "WEIR_CONFIG")]
         config: PathBuf,
+        /// Also reload when the config file (or a YAML file of the config directory) changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Parse and validate a configuration, then exit.
     Check {

@@ -27,3 +27,4 @@ pub mod shutdown;
 pub mod sticky;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

@@ -42,7 +42,9 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => weir::app::run(config).await?,
+            Command::Run { config, watch } => {
+                weir::app::run(config, weir::app::RunOptions { watch }).await?
+            }
             Command::Demo => weir::demo::run().await?,
             Command::Check { .. } => unreachable!("handled above"),
         }

@@ -464,3 +464,50 @@ fn version_and_help() {
         assert!(all.contains(cmd), "`weir help` should list `{cmd}`:\n{all}");
     }
 }
+
+#[test]
+fn admin_or_shutdown_timeout_in_two_files_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!(
+        "{DIR_LISTENERS}pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: api\nshutdown_timeout: 5s\nadmin:\n  bind: \"127.0.0.1:9901\"\n"
+    );
+    std::fs::write(dir.path().join("10-first.yaml"), &first).unwrap();
+    let second = "shutdown_timeout: 10s\nadmin:\n  bind: \"127.0.0.1:9902\"\n";
+    std::fs::write(dir.path().join("20-second.yaml"), second).unwrap();
+    let out = check(dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "20-second.yaml");
+    let (_, _, msg) = assert_diag(&diags, second, 1, &["duplicate"], &all);
+    assert!(msg.contains("10-first.yaml"), "names the first file: {msg}");
+    assert_diag(&diags, second, 2, &["duplicate"], &all);
+}
+
+#[test]
+fn admin_on_a_public_address_needs_allow_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "{DIR_LISTENERS}pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: api\n"
+    );
+    let refused = format!("{base}admin:\n  bind: \"0.0.0.0:9901\"\n");
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, &refused).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(
+        &diags,
+        &refused,
+        line_of(&refused, "0.0.0.0"),
+        &["loopback"],
+        &all,
+    );
+    std::fs::write(
+        &path,
+        format!("{base}admin:\n  bind: \"0.0.0.0:9901\"\n  allow_public: true\n"),
+    )
+    .unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

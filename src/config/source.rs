@@ -230,14 +230,30 @@ pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Di
     if let Some(v) = top.shutdown_timeout {
         let origin = origin(&file, "shutdown_timeout".into());
         if let Some(value) = item(v, &origin, diags) {
-            raw.shutdown_timeout = Some(Item { value, origin });
+            set_once(&mut raw.shutdown_timeout, Item { value, origin }, diags);
         }
     }
     if let Some(v) = top.admin {
         let origin = origin(&file, "admin".into());
         if let Some(value) = item(v, &origin, diags) {
-            raw.admin = Some(Item { value, origin });
+            set_once(&mut raw.admin, Item { value, origin }, diags);
         }
+    }
+}
+
+/// A top-level setting may appear in one file only: a second one is an error, like a duplicate name,
+/// rather than a silent override that depends on file-name order.
+fn set_once<T>(slot: &mut Option<Item<T>>, new: Item<T>, diags: &mut Diagnostics) {
+    match slot {
+        Some(first) => {
+            let f = first.origin.key("");
+            let msg = format!(
+                "duplicate {} (first set at {}:{}:{})",
+                new.origin.path, f.file, f.line, f.col
+            );
+            diags.error(new.origin.key(""), msg);
+        }
+        None => *slot = Some(new),
     }
 }
 
