@@ -15,6 +15,7 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod load;
 pub mod raw;
 pub mod weir;
 
