@@ -38,6 +38,9 @@ pub fn load(path: &Path) -> Result<config::Config, ConfigError> {
 pub struct RunOptions {
     /// Reload when the config files change (as on SIGHUP).
     pub watch: bool,
+    /// Take the listening sockets over from the process serving this unix socket, if any, and offer
+    /// ours on it to the next one.
+    pub handover: Option<PathBuf>,
 }
 
 /// `weir run`: serve until a drain completes.
@@ -45,6 +48,77 @@ pub async fn run(path: PathBuf, opts: RunOptions) -> Result<(), AppError> {
     let cfg = load(&path)?;
     let rt = Runtime::compile(cfg, None, 1)?;
     serve(rt, Some(path), opts).await
+}
+
+/// The unix socket a running weir offers its listeners on, and whether the file is still ours.
+struct HandoverPoint {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+    owned: bool,
+}
+
+impl HandoverPoint {
+    fn bind(path: &Path) -> Result<HandoverPoint, AppError> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| AppError::Bind(format!("handover socket {}: {e}", path.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        tracing::info!(path = %path.display(), "handover socket ready");
+        Ok(HandoverPoint {
+            path: path.to_path_buf(),
+            listener,
+            owned: true,
+        })
+    }
+}
+
+impl Drop for HandoverPoint {
+    fn drop(&mut self) {
+        // After a hand-over the path belongs to the successor: leave it alone.
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn handover_err(e: crate::handover::HandoverError) -> AppError {
+    AppError::Bind(format!("hand-over: {e}"))
+}
+
+/// Starts the proxy, on a predecessor's sockets when one serves at `handover`.
+async fn start_with_handover(
+    rt: Runtime,
+    handover: Option<&Path>,
+) -> Result<(Proxy, Option<HandoverPoint>), AppError> {
+    let Some(path) = handover else {
+        return Ok((Proxy::start(rt, Vec::new()).await?, None));
+    };
+    let p = path.to_path_buf();
+    let got = tokio::task::spawn_blocking(move || crate::handover::request(&p))
+        .await
+        .map_err(|e| AppError::Bind(e.to_string()))?
+        .map_err(handover_err)?;
+    let proxy = match got {
+        None => Proxy::start(rt, Vec::new()).await?,
+        Some((stream, sockets)) => {
+            let n = sockets.len();
+            let proxy = Proxy::start(rt, sockets).await?;
+            tokio::task::spawn_blocking(move || crate::handover::confirm(stream))
+                .await
+                .map_err(|e| AppError::Bind(e.to_string()))?
+                .map_err(handover_err)?;
+            tracing::info!(
+                sockets = n,
+                "took over the listening sockets of the previous process"
+            );
+            proxy
+        }
+    };
+    Ok((proxy, Some(HandoverPoint::bind(path)?)))
 }
 
 /// A running proxy: its table, listeners and drain signal.
@@ -87,12 +161,16 @@ fn start_admin(
 
 impl Proxy {
     /// Binds every listener and the admin endpoint, and starts the probes.
-    pub async fn start(rt: Runtime) -> Result<Proxy, AppError> {
+    pub async fn start(
+        rt: Runtime,
+        inherited: Vec<crate::handover::Socket>,
+    ) -> Result<Proxy, AppError> {
         let admin = rt.config.admin.clone();
         let shared = Shared::new(rt);
         let tracker = Arc::new(Tracker::default());
         let (drain, drain_rx) = watch::channel(false);
         let mut listeners = Listeners::new(shared.clone(), tracker.clone(), drain_rx);
+        listeners.inherit(inherited);
         listeners
             .reconcile(&shared.runtime.load())
             .map_err(AppError::Bind)?;
@@ -162,8 +240,19 @@ impl Proxy {
 
     /// Stops accepting, lets open connections finish for up to `shutdown_timeout`, then returns.
     pub async fn drain(mut self) {
-        let timeout = self.shared.runtime.load().config.shutdown_timeout;
+        let (timeout, delay) = {
+            let rt = self.shared.runtime.load();
+            (rt.config.shutdown_timeout, rt.config.shutdown_delay)
+        };
         self.shared.draining.store(true, Relaxed);
+        if !delay.is_zero() {
+            // An outer balancer probing /healthz sees 503 and stops sending before we stop accepting.
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "draining: /healthz answers 503; still accepting for shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         self.listeners.close_all();
         let _ = self.drain.send(true);
         let open = self.tracker.active();
@@ -190,7 +279,9 @@ pub async fn serve(
     opts: RunOptions,
 ) -> Result<(), AppError> {
     let mut signals = Signals::install()?;
-    let mut proxy = Proxy::start(rt).await?;
+    let (mut proxy, mut handover) = start_with_handover(rt, opts.handover.as_deref()).await?;
+    let mut offering: Option<tokio::task::JoinHandle<Result<(), crate::handover::HandoverError>>> =
+        None;
     let mut watch = match (&reload_from, opts.watch) {
         (Some(p), true) => {
             let w =
@@ -207,12 +298,50 @@ pub async fn serve(
                 None => std::future::pending().await,
             }
         };
+        let idle = offering.is_none();
+        let successor = async {
+            match handover.as_ref() {
+                Some(h) if idle => h.listener.accept().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let offered = async {
+            match offering.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            }
+        };
         let why = tokio::select! {
             s = signals.next() => match s {
                 Signal::Reload => "SIGHUP",
                 Signal::Drain => break,
             },
             () = changed => "file change",
+            conn = successor => {
+                if let (Ok((conn, _)), Some(h)) = (conn.and_then(|(c, a)| Ok((c.into_std()?, a))), &handover) {
+                    let sockets = proxy.listeners.export();
+                    let path = h.path.clone();
+                    offering = Some(tokio::task::spawn_blocking(move || {
+                        crate::handover::offer(conn, &sockets, &path)
+                    }));
+                }
+                continue;
+            }
+            done = offered => {
+                offering = None;
+                match done {
+                    Ok(Ok(())) => {
+                        if let Some(h) = handover.as_mut() {
+                            h.owned = false;
+                        }
+                        tracing::info!("listening sockets handed over to a new process; draining");
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "hand-over failed; still serving"),
+                    Err(e) => tracing::warn!(error = %e, "hand-over failed; still serving"),
+                }
+                continue;
+            }
         };
         match &reload_from {
             Some(p) => {
@@ -223,6 +352,7 @@ pub async fn serve(
         }
     }
     proxy.drain().await;
+    drop(handover);
     Ok(())
 }
 

@@ -39,6 +39,10 @@ pub enum Command {
         /// Also reload when the config file (or a YAML file of the config directory) changes.
         #[arg(long)]
         watch: bool,
+        /// A unix socket for zero-downtime binary upgrades: take the listening sockets over from
+        /// the weir serving on it (if any), then offer ours on it to the next one.
+        #[arg(long, value_name = "PATH")]
+        handover: Option<PathBuf>,
     },
     /// Parse and validate a configuration, then exit.
     Check {

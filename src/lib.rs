@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod framing;
+pub mod handover;
 pub mod health;
 pub mod listener;
 pub mod metrics;

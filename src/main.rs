@@ -42,9 +42,11 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
-            Command::Run { config, watch } => {
-                weir::app::run(config, weir::app::RunOptions { watch }).await?
-            }
+            Command::Run {
+                config,
+                watch,
+                handover,
+            } => weir::app::run(config, weir::app::RunOptions { watch, handover }).await?,
             Command::Demo => weir::demo::run().await?,
             Command::Check { .. } => unreachable!("handled above"),
         }

@@ -16,6 +16,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// How long a draining connection keeps being served (with `Connection: close` on HTTP/1.1
+/// responses) before an idle one is closed.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The HTTP server settings of one listener, built once per reload.
 pub struct Http {
     builder: auto::Builder<TokioExecutor>,
@@ -148,8 +152,17 @@ async fn serve_http<IO>(
     let result = tokio::select! {
         r = http.as_mut() => r,
         _ = crate::listener::until_set(&mut shutdown) => {
-            http.as_mut().graceful_shutdown();
-            http.await
+            // Closing an idle HTTP/1.1 connection at once races a request the client may be
+            // sending on it (or one just accepted whose request is still on its way). First let
+            // responses carry `Connection: close` (see `proxy::handle`) for a grace period, so busy
+            // clients move on by themselves; only then close what is left (HTTP/2 gets GOAWAY).
+            tokio::select! {
+                r = http.as_mut() => r,
+                _ = tokio::time::sleep(DRAIN_GRACE) => {
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+            }
         }
     };
     if let Err(e) = result {

@@ -21,6 +21,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/healthz` answers 503 while the listeners still accept.
+    pub shutdown_delay: Duration,
     pub admin: Option<AdminConfig>,
     /// Files the config was read from, for the summary and for reload logs.
     pub files: Vec<String>,

@@ -163,10 +163,17 @@ pub async fn handle(
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
     });
+    let http1 = req.version() < Version::HTTP_2;
     let mut resp = match serve(req, conn, &rt, &mut done).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &mut done),
     };
+    // Draining: tell HTTP/1.1 clients to reconnect (elsewhere) after this response, the one way to
+    // close a keep-alive connection that does not race a request the client is already sending.
+    if http1 && shared.draining.load(Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(hsts) = &conn.listener.hsts {
         resp.headers_mut()
             .entry(header::STRICT_TRANSPORT_SECURITY)
