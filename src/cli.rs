@@ -16,6 +16,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Write the access log (target `weir::access`) to this file (appended) instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
     /// Worker threads for the proxy (default: one per CPU core). `WEIR_WORKERS` may stand in.
     #[arg(long, global = true, env = "WEIR_WORKERS")]
     pub workers: Option<usize>,

@@ -169,6 +169,10 @@ async fn serve_http<IO>(
         // hyper answers unparsable heads itself (400, or 431 when too large); log them like any
         // other request weir refused, so no limit fails silently.
         match e.downcast_ref::<hyper::Error>() {
+            // hyper's kinds are private; its message tells a long URI (414) from a large head.
+            Some(he) if he.is_parse_too_large() && he.to_string().contains("URI too long") => {
+                proxy::log_refused(&conn, &shared, 414, "uri_too_long")
+            }
             Some(he) if he.is_parse_too_large() => {
                 proxy::log_refused(&conn, &shared, 431, "header_too_large")
             }

@@ -16,6 +16,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod load;
+pub mod prom;
 pub mod raw;
 pub mod weir;
 
