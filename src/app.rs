@@ -366,53 +366,7 @@ pub fn check(path: &Path, verbose: bool) -> Result<String, ConfigError> {
     out.push_str(&cfg.summary());
     out.push('\n');
     if verbose {
-        out.push_str(&describe(&cfg));
+        out.push_str(&config::describe::describe(&cfg));
     }
     Ok(out)
-}
-
-fn describe(cfg: &config::Config) -> String {
-    let mut s = String::from("\nlisteners:\n");
-    for l in &cfg.listeners {
-        let kind = match (&l.tls, l.redirect_https) {
-            (Some(t), _) => format!(
-                "https, {} certificate(s), alpn {:?}",
-                t.certificates.len(),
-                t.alpn
-            ),
-            (None, Some(p)) => format!("http, redirect to https port {p}"),
-            (None, None) => "http (h1 + h2c)".into(),
-        };
-        s.push_str(&format!("  {} on {}: {kind}\n", l.name, l.bind));
-    }
-    s.push_str("routes (in match order):\n");
-    for (i, r) in cfg.routes.iter().enumerate() {
-        s.push_str(&format!(
-            "  {}. {} -> pool {} (timeout {:?}, retries {})\n     when {:?}\n",
-            i + 1,
-            r.name,
-            cfg.pools[r.pool].name,
-            r.timeout,
-            r.retries,
-            r.matcher
-        ));
-    }
-    s.push_str("pools:\n");
-    for p in &cfg.pools {
-        s.push_str(&format!(
-            "  {} ({:?}{}{}):\n",
-            p.name,
-            p.balance,
-            if p.health.is_some() {
-                ", health probes"
-            } else {
-                ""
-            },
-            if p.sticky.is_some() { ", sticky" } else { "" }
-        ));
-        for sv in &p.servers {
-            s.push_str(&format!("    - {} weight {}\n", sv.address, sv.weight));
-        }
-    }
-    s
 }

@@ -2,6 +2,7 @@
 //! [`validate`] checks every rule and builds the typed [`Config`] below, and `runtime` compiles that into
 //! the immutable table the proxy serves from. Nothing here touches a socket.
 
+pub mod describe;
 pub mod diagnostic;
 pub mod raw;
 pub mod source;
