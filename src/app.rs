@@ -18,6 +18,8 @@ pub enum AppError {
     Compile(#[from] CompileError),
     #[error("{0}")]
     Bind(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
     #[error("cannot watch the configuration: {0}")]
     Watch(String),
     #[error("signal handling: {0}")]
@@ -100,7 +102,7 @@ async fn start_with_handover(
     let p = path.to_path_buf();
     let got = tokio::task::spawn_blocking(move || crate::handover::request(&p))
         .await
-        .map_err(|e| AppError::Bind(e.to_string()))?
+        .map_err(|e| AppError::Task(e.to_string()))?
         .map_err(handover_err)?;
     let proxy = match got {
         None => Proxy::start(rt, Vec::new()).await?,
@@ -109,7 +111,7 @@ async fn start_with_handover(
             let proxy = Proxy::start(rt, sockets).await?;
             tokio::task::spawn_blocking(move || crate::handover::confirm(stream))
                 .await
-                .map_err(|e| AppError::Bind(e.to_string()))?
+                .map_err(|e| AppError::Task(e.to_string()))?
                 .map_err(handover_err)?;
             tracing::info!(
                 sockets = n,
@@ -193,8 +195,8 @@ impl Proxy {
     }
 
     /// Re-reads the config and swaps it in; on any error the running table stays.
-    pub fn reload(&mut self, path: &Path) {
-        let outcome = self.try_reload(path);
+    pub async fn reload(&mut self, path: &Path) {
+        let outcome = self.try_reload(path).await;
         let label = crate::metrics::OutcomeLabels {
             outcome: if outcome.is_ok() { "ok" } else { "error" },
         };
@@ -210,11 +212,18 @@ impl Proxy {
         }
     }
 
-    fn try_reload(&mut self, path: &Path) -> Result<u64, AppError> {
-        let cfg = load(path)?;
+    async fn try_reload(&mut self, path: &Path) -> Result<u64, AppError> {
         let old = self.shared.runtime.load_full();
         let generation = self.shared.next_generation();
-        let rt = Runtime::compile(cfg, Some(&old), generation)?;
+        // Reading files, certificates and the system CA store takes tens of milliseconds: off the
+        // async workers, so requests are not stalled behind a reload.
+        let (p, prev) = (path.to_path_buf(), old.clone());
+        let rt = tokio::task::spawn_blocking(move || -> Result<Runtime, AppError> {
+            let cfg = load(&p)?;
+            Ok(Runtime::compile(cfg, Some(&prev), generation)?)
+        })
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))??;
         // Bind a moved admin endpoint first: if that fails, nothing has changed yet.
         let new_admin = rt.config.admin.clone();
         let admin_moved = new_admin.as_ref().map(|a| a.bind) != self.admin.as_ref().map(|a| a.bind);
@@ -346,7 +355,7 @@ pub async fn serve(
         match &reload_from {
             Some(p) => {
                 tracing::info!(trigger = why, "reloading the configuration");
-                proxy.reload(p)
+                proxy.reload(p).await
             }
             None => tracing::warn!("SIGHUP ignored: this configuration was not read from a file"),
         }

@@ -33,7 +33,18 @@ async fn exits_0(weir: &mut Weir, what: &str) {
 }
 
 async fn start(config: &Path, sock: &Path) -> Weir {
-    Weir::start_path_args(config, &["web"], &["--handover", sock.to_str().unwrap()]).await
+    let access = config.with_file_name("access.log");
+    Weir::start_path_args(
+        config,
+        &["web"],
+        &[
+            "--handover",
+            sock.to_str().unwrap(),
+            "--access-log",
+            access.to_str().unwrap(),
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -62,12 +73,11 @@ async fn handover_passes_the_sockets_and_loses_nothing() {
             l.contains("took over the listening sockets")
         })
         .await;
+        old.wait_log("the old process to hand over", |l| {
+            l.contains("handed over")
+        })
+        .await;
         exits_0(&mut old, &format!("the process replaced by hand-over {n}")).await;
-        assert!(
-            old.logs().iter().any(|l| l.contains("handed over")),
-            "{}",
-            old.stderr()
-        );
         new.wait_log("its own handover socket", |l| {
             l.contains("handover socket ready")
         })
