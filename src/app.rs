@@ -18,6 +18,10 @@ pub enum AppError {
     Compile(#[from] CompileError),
     #[error("{0}")]
     Bind(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+    #[error("cannot watch the configuration: {0}")]
+    Watch(String),
     #[error("signal handling: {0}")]
     Signals(#[from] std::io::Error),
 }
@@ -31,11 +35,92 @@ pub fn load(path: &Path) -> Result<config::Config, ConfigError> {
     Ok(cfg)
 }
 
+/// How `weir run` was asked to behave beyond its config.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Reload when the config files change (as on SIGHUP).
+    pub watch: bool,
+    /// Take the listening sockets over from the process serving this unix socket, if any, and offer
+    /// ours on it to the next one.
+    pub handover: Option<PathBuf>,
+}
+
 /// `weir run`: serve until a drain completes.
-pub async fn run(path: PathBuf) -> Result<(), AppError> {
+pub async fn run(path: PathBuf, opts: RunOptions) -> Result<(), AppError> {
     let cfg = load(&path)?;
     let rt = Runtime::compile(cfg, None, 1)?;
-    serve(rt, Some(path)).await
+    serve(rt, Some(path), opts).await
+}
+
+/// The unix socket a running weir offers its listeners on, and whether the file is still ours.
+struct HandoverPoint {
+    path: PathBuf,
+    listener: tokio::net::UnixListener,
+    owned: bool,
+}
+
+impl HandoverPoint {
+    fn bind(path: &Path) -> Result<HandoverPoint, AppError> {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path)
+            .map_err(|e| AppError::Bind(format!("handover socket {}: {e}", path.display())))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        tracing::info!(path = %path.display(), "handover socket ready");
+        Ok(HandoverPoint {
+            path: path.to_path_buf(),
+            listener,
+            owned: true,
+        })
+    }
+}
+
+impl Drop for HandoverPoint {
+    fn drop(&mut self) {
+        // After a hand-over the path belongs to the successor: leave it alone.
+        if self.owned {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn handover_err(e: crate::handover::HandoverError) -> AppError {
+    AppError::Bind(format!("hand-over: {e}"))
+}
+
+/// Starts the proxy, on a predecessor's sockets when one serves at `handover`.
+async fn start_with_handover(
+    rt: Runtime,
+    handover: Option<&Path>,
+) -> Result<(Proxy, Option<HandoverPoint>), AppError> {
+    let Some(path) = handover else {
+        return Ok((Proxy::start(rt, Vec::new()).await?, None));
+    };
+    let p = path.to_path_buf();
+    let got = tokio::task::spawn_blocking(move || crate::handover::request(&p))
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))?
+        .map_err(handover_err)?;
+    let proxy = match got {
+        None => Proxy::start(rt, Vec::new()).await?,
+        Some((stream, sockets)) => {
+            let n = sockets.len();
+            let proxy = Proxy::start(rt, sockets).await?;
+            tokio::task::spawn_blocking(move || crate::handover::confirm(stream))
+                .await
+                .map_err(|e| AppError::Task(e.to_string()))?
+                .map_err(handover_err)?;
+            tracing::info!(
+                sockets = n,
+                "took over the listening sockets of the previous process"
+            );
+            proxy
+        }
+    };
+    Ok((proxy, Some(HandoverPoint::bind(path)?)))
 }
 
 /// A running proxy: its table, listeners and drain signal.
@@ -44,31 +129,64 @@ pub struct Proxy {
     listeners: Listeners,
     tracker: Arc<Tracker>,
     drain: watch::Sender<bool>,
+    admin: Option<AdminTask>,
+}
+
+/// The running admin listener: what it was bound for, and its accept loop to stop on a rebind.
+struct AdminTask {
+    bind: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AdminTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn bind_admin(a: &config::AdminConfig) -> Result<tokio::net::TcpListener, AppError> {
+    crate::listener::bind(a.bind)
+        .map_err(|e| AppError::Bind(format!("admin: cannot bind {}: {e}", a.bind)))
+}
+
+fn start_admin(
+    a: &config::AdminConfig,
+    sock: tokio::net::TcpListener,
+    shared: &Arc<Shared>,
+) -> AdminTask {
+    tracing::info!(addr = %sock.local_addr().unwrap_or(a.bind), "admin listening");
+    AdminTask {
+        bind: a.bind,
+        task: tokio::spawn(crate::admin::serve(sock, shared.clone())),
+    }
 }
 
 impl Proxy {
     /// Binds every listener and the admin endpoint, and starts the probes.
-    pub async fn start(rt: Runtime) -> Result<Proxy, AppError> {
+    pub async fn start(
+        rt: Runtime,
+        inherited: Vec<crate::handover::Socket>,
+    ) -> Result<Proxy, AppError> {
         let admin = rt.config.admin.clone();
         let shared = Shared::new(rt);
         let tracker = Arc::new(Tracker::default());
         let (drain, drain_rx) = watch::channel(false);
         let mut listeners = Listeners::new(shared.clone(), tracker.clone(), drain_rx);
+        listeners.inherit(inherited);
         listeners
             .reconcile(&shared.runtime.load())
             .map_err(AppError::Bind)?;
         crate::health::spawn_all(&shared.runtime.load().pools);
-        if let Some(a) = admin {
-            let sock = crate::listener::bind(a.bind)
-                .map_err(|e| AppError::Bind(format!("admin: cannot bind {}: {e}", a.bind)))?;
-            tracing::info!(addr = %sock.local_addr().unwrap_or(a.bind), "admin listening");
-            tokio::spawn(crate::admin::serve(sock, shared.clone()));
-        }
+        let admin = match admin {
+            Some(a) => Some(start_admin(&a, bind_admin(&a)?, &shared)),
+            None => None,
+        };
         Ok(Proxy {
             shared,
             listeners,
             tracker,
             drain,
+            admin,
         })
     }
 
@@ -77,8 +195,8 @@ impl Proxy {
     }
 
     /// Re-reads the config and swaps it in; on any error the running table stays.
-    pub fn reload(&mut self, path: &Path) {
-        let outcome = self.try_reload(path);
+    pub async fn reload(&mut self, path: &Path) {
+        let outcome = self.try_reload(path).await;
         let label = crate::metrics::OutcomeLabels {
             outcome: if outcome.is_ok() { "ok" } else { "error" },
         };
@@ -94,23 +212,56 @@ impl Proxy {
         }
     }
 
-    fn try_reload(&mut self, path: &Path) -> Result<u64, AppError> {
-        let cfg = load(path)?;
+    async fn try_reload(&mut self, path: &Path) -> Result<u64, AppError> {
         let old = self.shared.runtime.load_full();
         let generation = self.shared.next_generation();
-        let rt = Runtime::compile(cfg, Some(&old), generation)?;
+        // Reading files, certificates and the system CA store takes tens of milliseconds: off the
+        // async workers, so requests are not stalled behind a reload.
+        let (p, prev) = (path.to_path_buf(), old.clone());
+        let rt = tokio::task::spawn_blocking(move || -> Result<Runtime, AppError> {
+            let cfg = load(&p)?;
+            Ok(Runtime::compile(cfg, Some(&prev), generation)?)
+        })
+        .await
+        .map_err(|e| AppError::Task(e.to_string()))??;
+        // Bind a moved admin endpoint first: if that fails, nothing has changed yet.
+        let new_admin = rt.config.admin.clone();
+        let admin_moved = new_admin.as_ref().map(|a| a.bind) != self.admin.as_ref().map(|a| a.bind);
+        let admin_sock = match (&new_admin, admin_moved) {
+            (Some(a), true) => Some(bind_admin(a)?),
+            _ => None,
+        };
         self.listeners.reconcile(&rt).map_err(AppError::Bind)?;
         let rt = Arc::new(rt);
         self.shared.runtime.store(rt.clone());
         old.retire();
         crate::health::spawn_all(&rt.pools);
+        if admin_moved {
+            if let Some(old) = self.admin.take() {
+                tracing::info!(addr = %old.bind, "admin listener closed");
+            }
+            if let (Some(a), Some(sock)) = (&new_admin, admin_sock) {
+                self.admin = Some(start_admin(a, sock, &self.shared));
+            }
+        }
         Ok(generation)
     }
 
     /// Stops accepting, lets open connections finish for up to `shutdown_timeout`, then returns.
     pub async fn drain(mut self) {
-        let timeout = self.shared.runtime.load().config.shutdown_timeout;
+        let (timeout, delay) = {
+            let rt = self.shared.runtime.load();
+            (rt.config.shutdown_timeout, rt.config.shutdown_delay)
+        };
         self.shared.draining.store(true, Relaxed);
+        if !delay.is_zero() {
+            // An outer balancer probing /healthz sees 503 and stops sending before we stop accepting.
+            tracing::info!(
+                delay_ms = delay.as_millis() as u64,
+                "draining: /healthz answers 503; still accepting for shutdown_delay"
+            );
+            tokio::time::sleep(delay).await;
+        }
         self.listeners.close_all();
         let _ = self.drain.send(true);
         let open = self.tracker.active();
@@ -129,17 +280,88 @@ impl Proxy {
     }
 }
 
-/// Serves `rt` until SIGTERM/SIGINT; SIGHUP reloads from `reload_from`.
-pub async fn serve(rt: Runtime, reload_from: Option<PathBuf>) -> Result<(), AppError> {
+/// Serves `rt` until SIGTERM/SIGINT; SIGHUP (and with `--watch` a file change) reloads from
+/// `reload_from`.
+pub async fn serve(
+    rt: Runtime,
+    reload_from: Option<PathBuf>,
+    opts: RunOptions,
+) -> Result<(), AppError> {
     let mut signals = Signals::install()?;
-    let mut proxy = Proxy::start(rt).await?;
-    while let Signal::Reload = signals.next().await {
+    let (mut proxy, mut handover) = start_with_handover(rt, opts.handover.as_deref()).await?;
+    let mut offering: Option<tokio::task::JoinHandle<Result<(), crate::handover::HandoverError>>> =
+        None;
+    let mut watch = match (&reload_from, opts.watch) {
+        (Some(p), true) => {
+            let w =
+                crate::watch::ConfigWatch::start(p).map_err(|e| AppError::Watch(e.to_string()))?;
+            tracing::info!(config = %p.display(), "watching the configuration for changes");
+            Some(w)
+        }
+        _ => None,
+    };
+    loop {
+        let changed = async {
+            match watch.as_mut() {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let idle = offering.is_none();
+        let successor = async {
+            match handover.as_ref() {
+                Some(h) if idle => h.listener.accept().await,
+                _ => std::future::pending().await,
+            }
+        };
+        let offered = async {
+            match offering.as_mut() {
+                Some(t) => t.await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            s = signals.next() => match s {
+                Signal::Reload => "SIGHUP",
+                Signal::Drain => break,
+            },
+            () = changed => "file change",
+            conn = successor => {
+                if let (Ok((conn, _)), Some(h)) = (conn.and_then(|(c, a)| Ok((c.into_std()?, a))), &handover) {
+                    let sockets = proxy.listeners.export();
+                    let path = h.path.clone();
+                    offering = Some(tokio::task::spawn_blocking(move || {
+                        crate::handover::offer(conn, &sockets, &path)
+                    }));
+                }
+                continue;
+            }
+            done = offered => {
+                offering = None;
+                match done {
+                    Ok(Ok(())) => {
+                        if let Some(h) = handover.as_mut() {
+                            h.owned = false;
+                        }
+                        tracing::info!("listening sockets handed over to a new process; draining");
+                        break;
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "hand-over failed; still serving"),
+                    Err(e) => tracing::warn!(error = %e, "hand-over failed; still serving"),
+                }
+                continue;
+            }
+        };
         match &reload_from {
-            Some(p) => proxy.reload(p),
+            Some(p) => {
+                tracing::info!(trigger = why, "reloading the configuration");
+                proxy.reload(p).await
+            }
             None => tracing::warn!("SIGHUP ignored: this configuration was not read from a file"),
         }
     }
     proxy.drain().await;
+    drop(handover);
     Ok(())
 }
 
@@ -153,53 +375,7 @@ pub fn check(path: &Path, verbose: bool) -> Result<String, ConfigError> {
     out.push_str(&cfg.summary());
     out.push('\n');
     if verbose {
-        out.push_str(&describe(&cfg));
+        out.push_str(&config::describe::describe(&cfg));
     }
     Ok(out)
-}
-
-fn describe(cfg: &config::Config) -> String {
-    let mut s = String::from("\nlisteners:\n");
-    for l in &cfg.listeners {
-        let kind = match (&l.tls, l.redirect_https) {
-            (Some(t), _) => format!(
-                "https, {} certificate(s), alpn {:?}",
-                t.certificates.len(),
-                t.alpn
-            ),
-            (None, Some(p)) => format!("http, redirect to https port {p}"),
-            (None, None) => "http (h1 + h2c)".into(),
-        };
-        s.push_str(&format!("  {} on {}: {kind}\n", l.name, l.bind));
-    }
-    s.push_str("routes (in match order):\n");
-    for (i, r) in cfg.routes.iter().enumerate() {
-        s.push_str(&format!(
-            "  {}. {} -> pool {} (timeout {:?}, retries {})\n     when {:?}\n",
-            i + 1,
-            r.name,
-            cfg.pools[r.pool].name,
-            r.timeout,
-            r.retries,
-            r.matcher
-        ));
-    }
-    s.push_str("pools:\n");
-    for p in &cfg.pools {
-        s.push_str(&format!(
-            "  {} ({:?}{}{}):\n",
-            p.name,
-            p.balance,
-            if p.health.is_some() {
-                ", health probes"
-            } else {
-                ""
-            },
-            if p.sticky.is_some() { ", sticky" } else { "" }
-        ));
-        for sv in &p.servers {
-            s.push_str(&format!("    - {} weight {}\n", sv.address, sv.weight));
-        }
-    }
-    s
 }

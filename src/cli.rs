@@ -16,6 +16,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Write the access log (target `weir::access`) to this file (appended) instead of stderr.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub access_log: Option<PathBuf>,
     /// Worker threads for the proxy (default: one per CPU core). `WEIR_WORKERS` may stand in.
     #[arg(long, global = true, env = "WEIR_WORKERS")]
     pub workers: Option<usize>,
@@ -36,6 +39,13 @@ pub enum Command {
         /// A YAML file, or a directory of *.yaml / *.yml files merged in name order.
         #[arg(long, short, env = "WEIR_CONFIG")]
         config: PathBuf,
+        /// Also reload when the config file (or a YAML file of the config directory) changes.
+        #[arg(long)]
+        watch: bool,
+        /// A unix socket for zero-downtime binary upgrades: take the listening sockets over from
+        /// the weir serving on it (if any), then offer ours on it to the next one.
+        #[arg(long, value_name = "PATH")]
+        handover: Option<PathBuf>,
     },
     /// Parse and validate a configuration, then exit.
     Check {

@@ -40,7 +40,7 @@ pub async fn run() -> Result<(), AppError> {
     let cfg = crate::app::load(&config_path)?;
     let rt = crate::runtime::Runtime::compile(cfg, None, 1)?;
     print_help(&cert_path.display().to_string());
-    let result = crate::app::serve(rt, Some(config_path)).await;
+    let result = crate::app::serve(rt, Some(config_path), Default::default()).await;
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

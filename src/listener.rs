@@ -81,6 +81,9 @@ struct Running {
     bind: SocketAddr,
     stop: watch::Sender<bool>,
     local: SocketAddr,
+    /// A duplicate of the socket's descriptor, to hand to a successor process; dropped (closed) with
+    /// this entry, so a stopped listener really closes.
+    fd: Option<std::os::fd::OwnedFd>,
 }
 
 /// The set of running listeners, reconciled against each new table.
@@ -89,6 +92,8 @@ pub struct Listeners {
     shared: Arc<Shared>,
     tracker: Arc<Tracker>,
     drain: watch::Receiver<bool>,
+    /// Sockets received from a predecessor process, used by the first reconcile instead of binding.
+    inherited: Vec<crate::handover::Socket>,
 }
 
 impl Listeners {
@@ -98,7 +103,45 @@ impl Listeners {
             shared,
             tracker,
             drain,
+            inherited: Vec::new(),
         }
+    }
+
+    /// Sockets from a predecessor: a listener with the same name and `bind` (or the same fixed
+    /// address) takes one over instead of binding.
+    pub fn inherit(&mut self, sockets: Vec<crate::handover::Socket>) {
+        self.inherited = sockets;
+    }
+
+    /// Duplicates of every running listener's socket, for a successor process.
+    pub fn export(&self) -> Vec<crate::handover::Socket> {
+        self.running
+            .iter()
+            .filter_map(|(name, r)| {
+                Some(crate::handover::Socket {
+                    name: name.clone(),
+                    bind: r.bind,
+                    fd: r.fd.as_ref()?.try_clone().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    fn take_inherited(&mut self, l: &ListenerConfig) -> Option<std::io::Result<TcpListener>> {
+        let i = self
+            .inherited
+            .iter()
+            .position(|s| s.name == l.name && s.bind == l.bind)
+            .or_else(|| {
+                self.inherited
+                    .iter()
+                    .position(|s| s.bind == l.bind && l.bind.port() != 0)
+            })?;
+        let sock = std::net::TcpListener::from(self.inherited.swap_remove(i).fd);
+        Some(
+            sock.set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(sock)),
+        )
     }
 
     /// Binds every listener of `rt` that is not yet running and stops those `rt` no longer has.
@@ -118,8 +161,14 @@ impl Listeners {
                         l.name, l.bind
                     ));
                 }
-                let sock = bind(l.bind)
-                    .map_err(|e| format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind))?;
+                let sock = match self.take_inherited(l) {
+                    Some(s) => s.map_err(|e| {
+                        format!("listener {:?}: inherited socket unusable: {e}", l.name)
+                    })?,
+                    None => bind(l.bind).map_err(|e| {
+                        format!("listener {:?}: cannot bind {}: {e}", l.name, l.bind)
+                    })?,
+                };
                 fresh.push((l.clone(), sock));
             }
         }
@@ -141,11 +190,17 @@ impl Listeners {
         for (l, sock) in fresh {
             self.start(&l, sock);
         }
+        // Inherited sockets no listener wanted are closed here (the predecessor closes its own).
+        self.inherited.clear();
         Ok(())
     }
 
     fn start(&mut self, l: &ListenerConfig, sock: TcpListener) {
         let local = sock.local_addr().unwrap_or(l.bind);
+        let fd = {
+            use std::os::fd::AsFd;
+            sock.as_fd().try_clone_to_owned().ok()
+        };
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         tracing::info!(listener = %l.name, addr = %local, scheme = %scheme, "listening");
         let (stop, stopped) = watch::channel(false);
@@ -164,6 +219,7 @@ impl Listeners {
                 bind: l.bind,
                 stop,
                 local,
+                fd,
             },
         );
     }

@@ -22,7 +22,11 @@ fn main() -> ExitCode {
             }
         };
     }
-    weir::telemetry::init(&cli.log_level, cli.log_format);
+    if let Err(e) = weir::telemetry::init(&cli.log_level, cli.log_format, cli.access_log.as_deref())
+    {
+        eprintln!("weir: cannot open the access log: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut builder = match cli.workers {
         // One worker: a current-thread runtime avoids cross-thread wakeups entirely.
         Some(1) => tokio::runtime::Builder::new_current_thread(),
@@ -42,7 +46,11 @@ fn main() -> ExitCode {
     };
     let result: anyhow::Result<()> = runtime.block_on(async {
         match cli.command {
-            Command::Run { config } => weir::app::run(config).await?,
+            Command::Run {
+                config,
+                watch,
+                handover,
+            } => weir::app::run(config, weir::app::RunOptions { watch, handover }).await?,
             Command::Demo => weir::demo::run().await?,
             Command::Check { .. } => unreachable!("handled above"),
         }

@@ -197,7 +197,7 @@ impl Metrics {
             m.upstream_requests.clone(),
         );
         r.register(
-            "errors",
+            "local_replies",
             "Requests weir answered or cut short itself, by reason",
             m.errors.clone(),
         );

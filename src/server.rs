@@ -24,6 +24,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+/// How long a draining connection keeps being served (with `Connection: close` on HTTP/1.1
+/// responses) before an idle one is closed.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The HTTP server settings of one listener, built once per reload.
 pub struct Http {
     builder: auto::Builder<TokioExecutor>,
@@ -184,8 +188,17 @@ async fn serve_http<IO>(
     let result = tokio::select! {
         r = http.as_mut() => r,
         _ = crate::listener::until_set(&mut shutdown) => {
-            http.as_mut().graceful_shutdown();
-            http.await
+            // Closing an idle HTTP/1.1 connection at once races a request the client may be
+            // sending on it (or one just accepted whose request is still on its way). First let
+            // responses carry `Connection: close` (see `proxy::handle`) for a grace period, so busy
+            // clients move on by themselves; only then close what is left (HTTP/2 gets GOAWAY).
+            tokio::select! {
+                r = http.as_mut() => r,
+                _ = tokio::time::sleep(DRAIN_GRACE) => {
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+            }
         }
         expired = watchdog => match expired {
             Expired::Idle => {
@@ -208,6 +221,10 @@ async fn serve_http<IO>(
         // hyper answers unparsable heads itself (400, or 431 when too large); log them like any
         // other request weir refused, so no limit fails silently.
         match e.downcast_ref::<hyper::Error>() {
+            // hyper's kinds are private; its message tells a long URI (414) from a large head.
+            Some(he) if he.is_parse_too_large() && he.to_string().contains("URI too long") => {
+                proxy::log_refused(&conn, &shared, 414, "uri_too_long")
+            }
             Some(he) if he.is_parse_too_large() => {
                 proxy::log_refused(&conn, &shared, 431, "header_too_large")
             }

@@ -1,21 +1,61 @@
 //! Logging: a tracing subscriber on stderr, text or JSON. The access log is the `weir::access` target
-//! (one event per request, fields: method host path status route pool upstream dur_ms bytes reason id).
+//! (one event per request, fields: method host path status route pool upstream dur_ms upstream_ms
+//! bytes reason retries id listener tls); with `--access-log FILE` it goes to that file instead of
+//! stderr, in the same format.
 
 use crate::cli::LogFormat;
 use std::io::IsTerminal;
-use tracing_subscriber::EnvFilter;
+use std::path::Path;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::layer::{Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
 
-pub fn init(level: &str, format: LogFormat) {
+const ACCESS: &str = "weir::access";
+
+pub fn init(level: &str, format: LogFormat, access_log: Option<&Path>) -> std::io::Result<()> {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let ansi = std::io::stderr().is_terminal();
+    let Some(path) = access_log else {
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi);
+        match format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().flatten_event(true).init(),
+        }
+        return Ok(());
+    };
+    // O_APPEND: every line is one write, so logrotate's copytruncate and concurrent readers are safe.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let file = std::sync::Mutex::new(file);
+    let stderr =
+        fmt_layer(format, std::io::stderr, ansi).with_filter(filter_fn(|m| m.target() != ACCESS));
+    let access = fmt_layer(format, file, false).with_filter(filter_fn(|m| m.target() == ACCESS));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(stderr)
+        .with(access)
+        .init();
+    Ok(())
+}
+
+fn fmt_layer<S, W>(format: LogFormat, writer: W, ansi: bool) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => layer.boxed(),
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
     }
     install_panic_hook();
 }

@@ -574,3 +574,82 @@ routes:
         &all,
     );
 }
+
+#[test]
+fn admin_or_shutdown_timeout_in_two_files_is_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = format!(
+        "{DIR_LISTENERS}pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: api\nshutdown_timeout: 5s\nadmin:\n  bind: \"127.0.0.1:9901\"\n"
+    );
+    std::fs::write(dir.path().join("10-first.yaml"), &first).unwrap();
+    let second = "shutdown_timeout: 10s\nadmin:\n  bind: \"127.0.0.1:9902\"\n";
+    std::fs::write(dir.path().join("20-second.yaml"), second).unwrap();
+    let out = check(dir.path());
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "20-second.yaml");
+    let (_, _, msg) = assert_diag(&diags, second, 1, &["duplicate"], &all);
+    assert!(msg.contains("10-first.yaml"), "names the first file: {msg}");
+    assert_diag(&diags, second, 2, &["duplicate"], &all);
+}
+
+#[test]
+fn admin_on_a_public_address_needs_allow_public() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "{DIR_LISTENERS}pools:\n  api:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9001\"\nroutes:\n  - name: all\n    match:\n      path_prefix: \"/\"\n    pool: api\n"
+    );
+    let refused = format!("{base}admin:\n  bind: \"0.0.0.0:9901\"\n");
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, &refused).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(
+        &diags,
+        &refused,
+        line_of(&refused, "0.0.0.0"),
+        &["loopback"],
+        &all,
+    );
+    std::fs::write(
+        &path,
+        format!("{base}admin:\n  bind: \"0.0.0.0:9901\"\n  allow_public: true\n"),
+    )
+    .unwrap();
+    let out = check(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+#[test]
+fn verbose_prints_the_compiled_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    let yaml = "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
+        pools:\n  api:\n    balance: header_hash\n    hash_header: x-user\n    servers:\n      - address: \"127.0.0.1:9001\"\n        weight: 3\n\
+        \x20   health:\n      path: /ready\n      interval: 5s\n    sticky:\n      cookie: s\n      on_unavailable: reject\n\
+        \x20 web:\n    balance: round_robin\n    servers:\n      - address: \"127.0.0.1:9002\"\n\
+        routes:\n  - name: api\n    match:\n      host: [\"api.example.com\", \"*.api.example.com\"]\n      path_prefix: \"/v1/\"\n      methods: [GET]\n      headers:\n        x-beta: {present: true}\n    pool: api\n    timeout: 5s\n    retries: 2\n    strip_prefix: /v1\n    max_body_size: 1MiB\n    request_headers:\n      set: { x-service: api }\n\
+        \x20 - name: default\n    match: { path_prefix: / }\n    pool: web\n";
+    std::fs::write(&path, yaml).unwrap();
+    let out = weir(&["check", "-v", "--config", path.to_str().unwrap()], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    for needle in [
+        "1. api -> pool api",
+        "host in [api.example.com, *.api.example.com] and path prefix \"/v1/\" and method in [GET] and header x-beta present",
+        "timeout 5s, retries 2, strip prefix \"/v1\", max body 1048576 bytes",
+        "request headers: set x-service: api",
+        "2. default -> pool web",
+        "api: header_hash on x-user",
+        "health: GET /ready expecting",
+        "every 5s",
+        "sticky: cookie s (session), when the server is down: 503",
+        "- 127.0.0.1:9001 weight 3",
+        "shutdown: timeout 30s",
+    ] {
+        assert!(all.contains(needle), "{needle:?} in:\n{all}");
+    }
+    assert!(all.find("1. api").unwrap() < all.find("2. default").unwrap());
+}

@@ -2,6 +2,7 @@
 //! [`validate`] checks every rule and builds the typed [`Config`] below, and `runtime` compiles that into
 //! the immutable table the proxy serves from. Nothing here touches a socket.
 
+pub mod describe;
 pub mod diagnostic;
 pub mod raw;
 pub mod source;
@@ -21,6 +22,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     pub routes: Vec<RouteConfig>,
     pub shutdown_timeout: Duration,
+    /// After SIGTERM, how long `/healthz` answers 503 while the listeners still accept.
+    pub shutdown_delay: Duration,
     pub admin: Option<AdminConfig>,
     /// Files the config was read from, for the summary and for reload logs.
     pub files: Vec<String>,

@@ -104,6 +104,7 @@ pub struct RawConfig {
     pub pools: Vec<(String, Item<RawPool>)>,
     pub routes: Vec<Item<RawRoute>>,
     pub shutdown_timeout: Option<Item<String>>,
+    pub shutdown_delay: Option<Item<String>>,
     pub admin: Option<Item<RawAdmin>>,
     pub files: Vec<Arc<str>>,
     /// Pools whose body failed to parse: routes naming them get no second, misleading error.
@@ -122,6 +123,7 @@ struct RawTop {
     #[serde(default)]
     routes: Vec<serde_yaml::Value>,
     shutdown_timeout: Option<serde_yaml::Value>,
+    shutdown_delay: Option<serde_yaml::Value>,
     admin: Option<serde_yaml::Value>,
 }
 
@@ -230,14 +232,36 @@ pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Di
     if let Some(v) = top.shutdown_timeout {
         let origin = origin(&file, "shutdown_timeout".into());
         if let Some(value) = item(v, &origin, diags) {
-            raw.shutdown_timeout = Some(Item { value, origin });
+            set_once(&mut raw.shutdown_timeout, Item { value, origin }, diags);
+        }
+    }
+    if let Some(v) = top.shutdown_delay {
+        let origin = origin(&file, "shutdown_delay".into());
+        if let Some(value) = item(v, &origin, diags) {
+            set_once(&mut raw.shutdown_delay, Item { value, origin }, diags);
         }
     }
     if let Some(v) = top.admin {
         let origin = origin(&file, "admin".into());
         if let Some(value) = item(v, &origin, diags) {
-            raw.admin = Some(Item { value, origin });
+            set_once(&mut raw.admin, Item { value, origin }, diags);
         }
+    }
+}
+
+/// A top-level setting may appear in one file only: a second one is an error, like a duplicate name,
+/// rather than a silent override that depends on file-name order.
+fn set_once<T>(slot: &mut Option<Item<T>>, new: Item<T>, diags: &mut Diagnostics) {
+    match slot {
+        Some(first) => {
+            let f = first.origin.key("");
+            let msg = format!(
+                "duplicate {} (first set at {}:{}:{})",
+                new.origin.path, f.file, f.line, f.col
+            );
+            diags.error(new.origin.key(""), msg);
+        }
+        None => *slot = Some(new),
     }
 }
 

@@ -140,8 +140,13 @@ pub fn validate(raw: RawConfig, d: &mut Diagnostics) -> Config {
         ),
         None => Duration::from_secs(30),
     };
+    let shutdown_delay = match &raw.shutdown_delay {
+        Some(i) => cx.duration(&i.origin, "", &Some(i.value.clone()), Duration::ZERO),
+        None => Duration::ZERO,
+    };
     let admin = raw.admin.as_ref().and_then(|i| admin(&mut cx, i));
     Config {
+        shutdown_delay,
         listeners,
         pools,
         routes,

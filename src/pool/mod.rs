@@ -368,22 +368,22 @@ impl Pool {
 
     /// Like [`Pool::pick`], but waits in the pool's bounded queue while every server is at its
     /// `max_connections`.
-    pub async fn acquire(&self, input: &PickInput<'_>, tried: &[usize]) -> Option<usize> {
+    pub async fn acquire(&self, input: &PickInput<'_>, tried: &[usize]) -> Result<usize, NoServer> {
         let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
         loop {
             let notified = self.released.notified();
             match self.pick(input, tried) {
-                Pick::Server(i) => return Some(i),
-                Pick::None => return None,
+                Pick::Server(i) => return Ok(i),
+                Pick::None => return Err(NoServer::Unhealthy),
                 Pick::Full => {
                     if self.queued.fetch_add(1, Relaxed) >= self.config.queue_size {
                         self.queued.fetch_sub(1, Relaxed);
-                        return None;
+                        return Err(NoServer::QueueFull);
                     }
                     let woke = tokio::time::timeout_at(deadline, notified).await;
                     self.queued.fetch_sub(1, Relaxed);
                     if woke.is_err() {
-                        return None;
+                        return Err(NoServer::QueueFull);
                     }
                 }
             }
@@ -429,6 +429,15 @@ impl Pool {
         tracing::warn!(pool = %self.name, server = %self.servers[idx].address, ejected_ms = dur,
             consecutive_failures = n, "server ejected after consecutive failures");
     }
+}
+
+/// Why [`Pool::acquire`] found no server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// None is healthy, serving and untried.
+    Unhealthy,
+    /// Every candidate is at `max_connections` and the queue is full or its wait timed out.
+    QueueFull,
 }
 
 #[cfg(test)]

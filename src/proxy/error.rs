@@ -34,13 +34,15 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("host not covered by the TLS certificate of this connection")]
     Misdirected,
+    #[error("every server is at max_connections and the pool's queue is full or timed out")]
+    QueueFull,
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable => {
+            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable | ProxyError::QueueFull => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::Connect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
@@ -59,14 +61,15 @@ impl ProxyError {
             ProxyError::NoRoute => "no_route",
             ProxyError::NoHealthyServer => "no_healthy_server",
             ProxyError::StickyUnavailable => "sticky_unavailable",
-            ProxyError::Connect(_) => "connect_failed",
-            ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::Connect(e) => connect_reason(e),
+            ProxyError::Upstream(e) => upstream_reason(e),
             ProxyError::Timeout => "upstream_timeout",
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Misdirected => "misdirected",
+            ProxyError::QueueFull => "queue_full",
         }
     }
 
@@ -81,7 +84,9 @@ impl ProxyError {
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
                 Side::Upstream
             }
-            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable => Side::Internal,
+            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable | ProxyError::QueueFull => {
+                Side::Internal
+            }
         }
     }
 
@@ -89,7 +94,7 @@ impl ProxyError {
     pub fn body(&self) -> &'static str {
         match self {
             ProxyError::NoRoute => "404 Not Found\n",
-            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable => {
+            ProxyError::NoHealthyServer | ProxyError::StickyUnavailable | ProxyError::QueueFull => {
                 "503 Service Unavailable\n"
             }
             ProxyError::Connect(_) | ProxyError::Upstream(_) => "502 Bad Gateway\n",
@@ -100,6 +105,33 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
         }
+    }
+}
+
+/// hyper-util reports connect failures as an error chain whose text is all we get; this runs only
+/// on a failure, never on the request path of a successful request.
+fn connect_reason(chain: &str) -> &'static str {
+    let c = chain.to_ascii_lowercase();
+    if c.contains("timed out") || c.contains("timeout") {
+        "connect_timeout"
+    } else if c.contains("refused") {
+        "connect_refused"
+    } else {
+        "connect_failed"
+    }
+}
+
+/// A server that closed or reset the connection before a whole response head, or anything else.
+fn upstream_reason(chain: &str) -> &'static str {
+    let c = chain.to_ascii_lowercase();
+    if c.contains("reset")
+        || c.contains("connection closed")
+        || c.contains("incomplete")
+        || c.contains("broken pipe")
+    {
+        "upstream_reset"
+    } else {
+        "upstream_error"
     }
 }
 
@@ -121,10 +153,37 @@ mod tests {
             (ProxyError::BodyTimeout, 408),
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::Misdirected, 421),
+            (ProxyError::QueueFull, 503),
         ];
         for (e, code) in cases {
             assert_eq!(e.status().as_u16(), code, "{e}");
             assert!(e.body().starts_with(&code.to_string()));
         }
+    }
+
+    #[test]
+    fn failure_reasons_are_specific() {
+        let r = |e: ProxyError| e.reason();
+        assert_eq!(
+            r(ProxyError::Connect(
+                "client error (Connect): tcp connect error: Connection refused (os error 111)"
+                    .into()
+            )),
+            "connect_refused"
+        );
+        assert_eq!(
+            r(ProxyError::Connect(
+                "client error (Connect): HTTP connect timeout".into()
+            )),
+            "connect_timeout"
+        );
+        assert_eq!(
+            r(ProxyError::Upstream(
+                "client error (SendRequest): connection closed before message completed".into()
+            )),
+            "upstream_reset"
+        );
+        assert_eq!(r(ProxyError::Upstream("other".into())), "upstream_error");
+        assert_eq!(r(ProxyError::QueueFull), "queue_full");
     }
 }

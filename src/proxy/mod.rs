@@ -66,6 +66,13 @@ struct Done {
     request_id: Option<HeaderValue>,
     retries: u32,
     tls: &'static str,
+    /// From sending the (last attempt's) request to the server to its response head.
+    upstream_head: Option<std::time::Duration>,
+}
+
+/// Milliseconds with microsecond precision, as a number (JSON logs get a number, not a string).
+fn millis(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
 impl Finish for Done {
@@ -97,7 +104,8 @@ impl Finish for Done {
             route = %self.route.as_deref().unwrap_or("-"),
             pool = %self.pool.as_ref().map_or("-", |p| &*p.name),
             upstream = %upstream.as_deref().unwrap_or("-"),
-            dur_ms = format_args!("{:.3}", dur.as_secs_f64() * 1000.0),
+            dur_ms = millis(dur),
+            upstream_ms = self.upstream_head.map(millis),
             bytes,
             reason = %self.reason,
             retries = self.retries,
@@ -126,6 +134,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         request_id: None,
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
+        upstream_head: None,
     };
     done.finish(0);
 }
@@ -163,11 +172,19 @@ pub async fn handle(
         request_id: None,
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
+        upstream_head: None,
     });
+    let http1 = req.version() < Version::HTTP_2;
     let mut resp = match serve(req, conn, &rt, &mut done, busy.index).await {
         Ok(r) => r,
         Err(e) => error_response(&e, &mut done),
     };
+    // Draining: tell HTTP/1.1 clients to reconnect (elsewhere) after this response, the one way to
+    // close a keep-alive connection that does not race a request the client is already sending.
+    if http1 && shared.draining.load(Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if let Some(hsts) = &conn.listener.hsts {
         resp.headers_mut()
             .entry(header::STRICT_TRANSPORT_SECURITY)
@@ -274,6 +291,7 @@ async fn serve(
     }
     check_request(&req, conn.listener.config.limits.max_uri_length)?;
     if let Some(port) = conn.listener.config.redirect_https {
+        done.reason = "redirect_https";
         return Ok(redirect(&req, port));
     }
     let idx = rt
@@ -432,7 +450,9 @@ async fn forward(
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
         let req = build(&head, pool, server, slot.as_ref(), route.max_body_size);
+        let sent_at = Instant::now();
         let sent = tokio::time::timeout(route.timeout, pool.client.request(req)).await;
+        done.upstream_head = Some(sent_at.elapsed());
         let outcome = attempts::classify(sent, slot.as_deref());
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
@@ -655,7 +675,10 @@ mod attempts {
             let i = pool
                 .acquire(input, &self.tried)
                 .await
-                .ok_or(ProxyError::NoHealthyServer)?;
+                .map_err(|e| match e {
+                    crate::pool::NoServer::Unhealthy => ProxyError::NoHealthyServer,
+                    crate::pool::NoServer::QueueFull => ProxyError::QueueFull,
+                })?;
             self.tried.push(i);
             Ok(i)
         }

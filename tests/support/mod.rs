@@ -22,6 +22,8 @@ pub mod closer;
 pub mod config;
 pub mod control;
 pub mod hung;
+pub mod load;
+pub mod prom;
 pub mod raw;
 pub mod rawconn;
 pub mod recorder;

@@ -38,19 +38,30 @@ impl Weir {
         let dir = tempfile::tempdir().expect("create temp dir");
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        Self::spawn(&path, Some(dir), names).await
+        Self::spawn(&path, Some(dir), names, &[]).await
     }
 
     /// Serves the config file or directory at `config` (owned by the caller).
     pub async fn start_path(config: &Path, names: &[&str]) -> Weir {
-        Self::spawn(config, None, names).await
+        Self::spawn(config, None, names, &[]).await
     }
 
-    async fn spawn(config: &Path, dir: Option<tempfile::TempDir>, names: &[&str]) -> Weir {
+    /// Like [`Weir::start_path`] with extra `weir run` arguments (`--watch`, `--takeover PATH`...).
+    pub async fn start_path_args(config: &Path, names: &[&str], args: &[&str]) -> Weir {
+        Self::spawn(config, None, names, args).await
+    }
+
+    async fn spawn(
+        config: &Path,
+        dir: Option<tempfile::TempDir>,
+        names: &[&str],
+        args: &[&str],
+    ) -> Weir {
         let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
             .arg("run")
             .arg("--config")
             .arg(config)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("WEIR_CONFIG")

@@ -1,0 +1,224 @@
+//! The operational surface: `/metrics` counters move with traffic and the whole exposition parses
+//! strictly; every answer weir gives itself carries a reason code in the access log and in
+//! `weir_local_replies_total`; `--access-log FILE`; `/healthz` turns 503 on SIGTERM while the
+//! listeners still accept (`shutdown_delay`); a reload moves the admin endpoint.
+//! (`/status` for an unhealthy server and drain through the admin API are in `health.rs`.)
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+use support::control::{closed_port, Admin};
+use support::{empty, eventually, raw_request, servers, Backend, Weir};
+
+fn config(backend: &Backend, extra: &str) -> String {
+    format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n  - name: plain\n    bind: \"127.0.0.1:0\"\n    redirect_https: 8443\n\
+         pools:\n  p:\n    balance: round_robin\n    servers:\n{}  dead:\n    balance: round_robin\n    servers:\n      - address: \"{}\"\n\
+         routes:\n  - name: dead\n    match:\n      path_prefix: \"/dead\"\n    pool: dead\n  - name: api\n    match:\n      path_prefix: \"/api\"\n    pool: p\n\
+         admin:\n  bind: \"127.0.0.1:0\"\n{extra}",
+        servers(&[backend]),
+        closed_port()
+    )
+}
+
+async fn metrics(admin: &Admin) -> support::prom::Exposition {
+    let c = support::client::client();
+    let req = http::Request::get(format!("http://{}/metrics", admin.addr))
+        .body(empty())
+        .unwrap();
+    let r = support::try_send(&c, req).await.expect("GET /metrics");
+    assert_eq!(r.status, StatusCode::OK);
+    support::prom::parse(&r.text())
+        .unwrap_or_else(|e| panic!("/metrics is not valid exposition text: {e}\n{}", r.text()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_and_every_local_reply_has_a_reason() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    let log = dir.path().join("access.log");
+    std::fs::write(&path, config(&backend, "")).unwrap();
+    let weir = Weir::start_path_args(
+        &path,
+        &["web", "plain"],
+        &["--access-log", log.to_str().unwrap()],
+    )
+    .await;
+    let admin = Admin::of(&weir).await;
+    let before = metrics(&admin).await;
+    let ok = |e: &support::prom::Exposition| {
+        e.sum(
+            "weir_requests_total",
+            &[("route", "api"), ("class", "2xx"), ("listener", "web")],
+        )
+    };
+    assert_eq!(ok(&before), 0.0);
+
+    for _ in 0..5 {
+        assert_eq!(weir.get("h", "/api/x").await.backend(), "b");
+    }
+    assert_eq!(
+        weir.get("h", "/nothing").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(weir.get("h", "/dead").await.status, StatusCode::BAD_GATEWAY);
+    let redirect = raw_request(
+        weir.addr_of("plain"),
+        b"GET / HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(redirect.status, 308);
+    let long = format!(
+        "GET /api/{} HTTP/1.1\r\nHost: h\r\n\r\n",
+        "a".repeat(70 * 1024)
+    );
+    let too_long = raw_request(weir.addr(), long.into_bytes(), false).await;
+    assert!(
+        [414, 431].contains(&too_long.status),
+        "a 70 KiB URI: {}",
+        too_long.raw.lines().next().unwrap_or("")
+    );
+
+    let reasons = [
+        ("no_route", 1.0),
+        ("connect_refused", 1.0),
+        ("redirect_https", 1.0),
+    ];
+    // The access log line (and its counters) is written when the response body ends.
+    eventually("the counters to move", Duration::from_secs(10), || async {
+        let e = metrics(&admin).await;
+        ok(&e) == 5.0
+            && reasons
+                .iter()
+                .all(|(r, n)| e.sum("weir_local_replies_total", &[("reason", r)]) == *n)
+    })
+    .await;
+    let after = metrics(&admin).await;
+    assert!(
+        after.sum("weir_request_duration_seconds_count", &[("route", "api")]) >= 5.0,
+        "{:?}",
+        after.samples
+    );
+    assert!(after.sum("weir_connections_total", &[("listener", "web")]) >= 1.0);
+    assert_eq!(after.sum("weir_build_info", &[]), 1.0);
+    let long_reason = if too_long.status == 414 {
+        "uri_too_long"
+    } else {
+        "header_too_large"
+    };
+    assert_eq!(
+        after.sum("weir_local_replies_total", &[("reason", long_reason)]),
+        1.0
+    );
+
+    // A reload is counted by outcome.
+    weir.signal("HUP");
+    weir.wait_log("the reload", |l| l.contains("configuration reloaded"))
+        .await;
+    let reloaded = metrics(&admin).await;
+    assert_eq!(
+        reloaded.sum("weir_config_reloads_total", &[("outcome", "ok")]),
+        1.0
+    );
+
+    // The access log went to the file, with the reason of each answer and upstream timing.
+    let text = std::fs::read_to_string(&log).unwrap();
+    for needle in [
+        "reason=ok",
+        "reason=no_route",
+        "reason=connect_refused",
+        "reason=redirect_https",
+        long_reason,
+    ] {
+        assert!(text.contains(needle), "{needle} in the access log:\n{text}");
+    }
+    let ok_line = text.lines().find(|l| l.contains("reason=ok")).unwrap();
+    assert!(ok_line.contains("upstream_ms="), "{ok_line}");
+    assert!(
+        !weir.logs().iter().any(|l| l.contains("weir::access")),
+        "the access log is not also on stderr"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_on_sigterm_before_the_listener_closes() {
+    let backend = Backend::start("b").await;
+    let mut weir =
+        Weir::start_with_listeners(&config(&backend, "shutdown_delay: 2s\n"), &["web", "plain"])
+            .await;
+    let admin = Admin::of(&weir).await;
+    let c = support::client::client();
+    let healthz = |c: hyper_util::client::legacy::Client<_, _>, addr: SocketAddr| async move {
+        let req = http::Request::get(format!("http://{addr}/healthz"))
+            .body(empty())
+            .unwrap();
+        support::try_send(&c, req).await.map(|r| r.status)
+    };
+    assert_eq!(healthz(c.clone(), admin.addr).await, Ok(StatusCode::OK));
+    weir.signal("TERM");
+    eventually("/healthz to answer 503", Duration::from_secs(5), || {
+        let c = c.clone();
+        async move { healthz(c, admin.addr).await == Ok(StatusCode::SERVICE_UNAVAILABLE) }
+    })
+    .await;
+    // /healthz says 503 and the proxy listener still accepts and serves.
+    let fresh = support::client::client();
+    let req = weir.request("GET", "h", "/api/x").body(empty()).unwrap();
+    let r = support::try_send(&fresh, req)
+        .await
+        .unwrap_or_else(|e| panic!("served during shutdown_delay: {e}\n{}", weir.stderr()));
+    assert_eq!(r.status, StatusCode::OK);
+    // Then the listener closes, and weir exits 0.
+    let addr = weir.addr();
+    eventually("the listener to close", Duration::from_secs(10), || async move {
+        matches!(tokio::net::TcpStream::connect(addr).await, Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+    })
+    .await;
+    let status = weir.wait_exit(Duration::from_secs(15)).await.expect("exit");
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_the_admin_endpoint() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config(&backend, "")).unwrap();
+    let weir = Weir::start_path(&path, &["web", "plain"]).await;
+    let old = Admin::of(&weir).await;
+    assert_eq!(old.status().await["generation"], 1);
+
+    let new_addr = closed_port();
+    let moved = config(&backend, "").replace(
+        "admin:\n  bind: \"127.0.0.1:0\"",
+        &format!("admin:\n  bind: \"{new_addr}\""),
+    );
+    std::fs::write(&path, moved).unwrap();
+    weir.signal("HUP");
+    weir.wait_log("the reload", |l| l.contains("configuration reloaded"))
+        .await;
+    weir.wait_log("the new admin address", |l| {
+        l.contains("admin listening") && l.contains(&new_addr.to_string())
+    })
+    .await;
+    let c = support::client::client();
+    let req = http::Request::get(format!("http://{new_addr}/status"))
+        .body(empty())
+        .unwrap();
+    let r = support::try_send(&c, req).await.expect("new admin address");
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.text().contains("\"generation\":2"), "{}", r.text());
+    let old_addr = old.addr;
+    eventually(
+        "the old admin socket to close",
+        Duration::from_secs(5),
+        || async move { tokio::net::TcpStream::connect(old_addr).await.is_err() },
+    )
+    .await;
+}
