@@ -49,6 +49,8 @@ impl BodySlot {
 #[derive(Debug)]
 pub enum ForwardBody {
     Empty,
+    /// A small body weir makes itself (a gRPC health probe).
+    Full(Option<Bytes>),
     Streaming {
         slot: Arc<BodySlot>,
         taken: Option<Incoming>,
@@ -58,6 +60,10 @@ pub enum ForwardBody {
 }
 
 impl ForwardBody {
+    pub fn full(b: impl Into<Bytes>) -> ForwardBody {
+        ForwardBody::Full(Some(b.into()))
+    }
+
     pub fn streaming(slot: &Arc<BodySlot>, limit: Option<u64>) -> ForwardBody {
         ForwardBody::Streaming {
             slot: slot.clone(),
@@ -76,12 +82,16 @@ impl Body for ForwardBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let ForwardBody::Full(b) = this {
+            return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+        }
         let ForwardBody::Streaming {
             slot,
             taken,
             limit,
             seen,
-        } = self.get_mut()
+        } = this
         else {
             return Poll::Ready(None);
         };
@@ -114,6 +124,7 @@ impl Body for ForwardBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ForwardBody::Empty => true,
+            ForwardBody::Full(b) => b.is_none(),
             ForwardBody::Streaming { taken, .. } => {
                 taken.as_ref().is_some_and(|b| b.is_end_stream())
             }
@@ -123,6 +134,7 @@ impl Body for ForwardBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ForwardBody::Empty => SizeHint::with_exact(0),
+            ForwardBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ForwardBody::Streaming { slot, taken, .. } => {
                 taken.as_ref().map_or_else(|| slot.hint, |b| b.size_hint())
             }
@@ -164,8 +176,14 @@ impl ResponseBody {
         }
     }
 
+    /// Ends at once (`is_end_stream`), so HTTP/2 sends one HEADERS frame with END_STREAM: what a
+    /// gRPC trailers-only answer needs.
     pub fn empty() -> Self {
-        Self::full(Bytes::new())
+        ResponseBody {
+            kind: Kind::Full(None),
+            bytes: 0,
+            finish: None,
+        }
     }
 
     pub fn on_finish(&mut self, f: Box<dyn Finish>) {

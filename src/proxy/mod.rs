@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+mod grpc;
 pub mod headers;
 mod upgrade;
 
@@ -163,9 +164,16 @@ pub async fn handle(
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
     });
+    let grpc = grpc::is_grpc(req.headers());
     let mut resp = match serve(req, conn, &rt, &mut done).await {
         Ok(r) => r,
-        Err(e) => error_response(&e, &mut done),
+        Err(e) => {
+            let mut r = error_response(&e, &mut done);
+            if grpc {
+                grpc::into_grpc(&e, &mut r);
+            }
+            r
+        }
     };
     if let Some(hsts) = &conn.listener.hsts {
         resp.headers_mut()
@@ -337,7 +345,7 @@ async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let upgrade = upgrade::take(&mut parts);
+    let upgrade = upgrade::take(&mut parts, route.stream_idle_timeout, &done.shared);
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -388,6 +396,7 @@ async fn forward(
         client_ip: conn.peer.ip(),
         headers: &head.headers,
     };
+    let head_timeout = grpc::head_timeout(&head.headers, route.timeout);
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
         let server = attempt.pick(pool, &input).await?;
@@ -395,7 +404,7 @@ async fn forward(
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
         let req = build(&head, pool, server, slot.as_ref(), route.max_body_size);
-        let sent = tokio::time::timeout(route.timeout, pool.client.request(req)).await;
+        let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
         let outcome = attempts::classify(sent, slot.as_deref());
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
@@ -466,6 +475,14 @@ fn respond(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let mut resp_body = ResponseBody::upstream(body);
+    // Before the 101 branch: a WebSocket handshake pins the client like any other response.
+    if let Some(s) = &pool.sticky {
+        if pinned != Some(server) {
+            parts
+                .headers
+                .append(header::SET_COOKIE, s.set_cookie(server, conn.tls.is_some()));
+        }
+    }
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(u) = upgrade else {
             return Err(ProxyError::Upstream(
@@ -483,13 +500,6 @@ fn respond(
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::apply(&route.response_headers, &mut parts.headers);
-    if let Some(s) = &pool.sticky {
-        if pinned != Some(server) {
-            parts
-                .headers
-                .append(header::SET_COOKIE, s.set_cookie(server, conn.tls.is_some()));
-        }
-    }
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, resp_body))
 }

@@ -3,18 +3,31 @@
 //! An `Upgrade: h2c` from a client is never forwarded: it would let a client speak HTTP/2 to the
 //! server past every rule weir applies (h2c smuggling).
 
+use crate::listener::TrackGuard;
+use crate::runtime::Shared;
 use http::header::{self, HeaderMap, HeaderValue};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// A client upgrade waiting for the server's 101.
 pub struct Pending {
     client: OnUpgrade,
     protocol: HeaderValue,
+    idle: Duration,
+    shared: Arc<Shared>,
 }
 
 /// Takes the client's upgrade handle when the request asks for one we forward.
-pub fn take(parts: &mut http::request::Parts) -> Option<Pending> {
+pub fn take(
+    parts: &mut http::request::Parts,
+    idle: Duration,
+    shared: &Arc<Shared>,
+) -> Option<Pending> {
     if parts.version != http::Version::HTTP_11 {
         return None;
     }
@@ -34,7 +47,12 @@ pub fn take(parts: &mut http::request::Parts) -> Option<Pending> {
         return None;
     }
     let client = parts.extensions.remove::<OnUpgrade>()?;
-    Some(Pending { client, protocol })
+    Some(Pending {
+        client,
+        protocol,
+        idle,
+        shared: shared.clone(),
+    })
 }
 
 impl Pending {
@@ -44,9 +62,15 @@ impl Pending {
         h.insert(header::UPGRADE, self.protocol.clone());
     }
 
-    /// Once both sides have switched protocols, copies bytes both ways until either side closes.
+    /// Once both sides have switched protocols, copies bytes both ways until both sides have closed
+    /// (each half-close is passed on) or nothing has moved either way for the idle timeout.
+    ///
+    /// Counted from the 101 on, while the client's HTTP connection is still tracked, so a drain
+    /// that starts meanwhile cannot miss it; the count ends only when the splice does.
     pub fn splice(self, upstream: OnUpgrade) {
+        let guard = Active::enter(&self.shared);
         tokio::spawn(async move {
+            let _guard = guard;
             let (client, server) = match tokio::join!(self.client, upstream) {
                 (Ok(c), Ok(s)) => (c, s),
                 (c, s) => {
@@ -58,12 +82,82 @@ impl Pending {
                     return;
                 }
             };
-            let mut client = TokioIo::new(client);
-            let mut server = TokioIo::new(server);
-            match tokio::io::copy_bidirectional(&mut client, &mut server).await {
+            match splice_idle(TokioIo::new(client), TokioIo::new(server), self.idle).await {
                 Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-                Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+                Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
             }
         });
+    }
+}
+
+/// One open upgraded connection in the drain tracker and the gauge.
+struct Active {
+    _track: TrackGuard,
+    shared: Arc<Shared>,
+}
+
+impl Active {
+    fn enter(shared: &Arc<Shared>) -> Active {
+        shared.metrics.upgraded.inc();
+        Active {
+            _track: shared.upgrades.enter(),
+            shared: shared.clone(),
+        }
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.shared.metrics.upgraded.dec();
+    }
+}
+
+/// Copies both ways; fails with `TimedOut` when neither direction moved a byte for `idle`.
+pub async fn splice_idle<A, B>(a: A, b: B, idle: Duration) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Send + Unpin,
+    B: AsyncRead + AsyncWrite + Send + Unpin,
+{
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = tokio::io::split(b);
+    let both = async { tokio::try_join!(pipe(ar, bw, &last, start), pipe(br, aw, &last, start)) };
+    let watchdog = async {
+        loop {
+            let seen = Duration::from_millis(last.load(Relaxed));
+            let deadline = start + seen + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    };
+    tokio::select! {
+        r = both => r,
+        () = watchdog => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
+/// One direction: each read is written on at once (no batching) and marks the pair active; EOF is
+/// passed on as a write shutdown, leaving the other direction open (half-close).
+async fn pipe<R, W>(mut r: R, mut w: W, last: &AtomicU64, start: Instant) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = r.read(&mut buf).await?;
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
+        if n == 0 {
+            w.shutdown().await?;
+            return Ok(total);
+        }
+        w.write_all(&buf[..n]).await?;
+        w.flush().await?;
+        total += n as u64;
+        last.store(start.elapsed().as_millis() as u64, Relaxed);
     }
 }

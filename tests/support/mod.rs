@@ -15,8 +15,11 @@ pub mod backend;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod grpc;
 pub mod raw;
+pub mod tlsutil;
 pub mod weir;
+pub mod ws;
 
 // Each test file uses a different subset of these.
 #[allow(unused_imports)]
