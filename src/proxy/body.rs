@@ -9,10 +9,12 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,6 +26,10 @@ pub struct BodyTooLarge;
 #[derive(Debug)]
 pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
+    /// When the client last sent a body frame (ms after `created`, `u64::MAX` for never), for the
+    /// response's idle timeout, which counts both directions.
+    last_frame_ms: AtomicU64,
+    created: Instant,
     hint: SizeHint,
     pub too_large: AtomicBool,
     /// The client's side of the body failed (bad chunk framing, reset): not the server's fault.
@@ -35,9 +41,18 @@ impl BodySlot {
         Arc::new(BodySlot {
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
+            last_frame_ms: AtomicU64::new(u64::MAX),
+            created: Instant::now(),
             too_large: AtomicBool::new(false),
             client_failed: AtomicBool::new(false),
         })
+    }
+
+    fn last_frame(&self) -> Option<Instant> {
+        match self.last_frame_ms.load(Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.created + Duration::from_millis(ms)),
+        }
     }
 
     /// Whether no attempt has started streaming the body yet.
@@ -103,6 +118,8 @@ impl Body for ForwardBody {
         };
         match Pin::new(body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
+                let ms = slot.created.elapsed().as_millis() as u64;
+                slot.last_frame_ms.store(ms, Relaxed);
                 if let Some(d) = frame.data_ref() {
                     *seen += d.len() as u64;
                     if *seen > *limit {
@@ -151,7 +168,37 @@ pub struct ResponseBody {
     kind: Kind,
     bytes: u64,
     finish: Option<Box<dyn Finish>>,
+    idle: Option<Box<Idle>>,
 }
+
+/// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
+/// from the last frame either way when it fires, so it costs one timer per period, not per frame.
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    request: Option<Arc<BodySlot>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Idle {
+    /// Ready when nothing has moved either way for `timeout`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let from_client = self.request.as_ref().and_then(|s| s.last_frame());
+            let last = from_client.map_or(self.last, |c| c.max(self.last));
+            let deadline = (last + self.timeout).into();
+            match &mut self.sleep {
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                Some(s) if s.deadline() != deadline => s.as_mut().reset(deadline),
+                Some(s) => return s.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data either way for the route's stream_idle_timeout")]
+pub struct StreamIdle;
 
 enum Kind {
     Upstream(Incoming),
@@ -164,6 +211,20 @@ impl ResponseBody {
             kind: Kind::Upstream(body),
             bytes: 0,
             finish: None,
+            idle: None,
+        }
+    }
+
+    /// Cuts a streaming response after `timeout` without a frame from the server or, through
+    /// `request`, from the client.
+    pub fn set_idle_timeout(&mut self, timeout: Duration, request: Option<Arc<BodySlot>>) {
+        if matches!(self.kind, Kind::Upstream(_)) {
+            self.idle = Some(Box::new(Idle {
+                timeout,
+                last: Instant::now(),
+                request,
+                sleep: None,
+            }));
         }
     }
 
@@ -173,6 +234,7 @@ impl ResponseBody {
             kind: Kind::Full((!b.is_empty()).then_some(b)),
             bytes: 0,
             finish: None,
+            idle: None,
         }
     }
 
@@ -183,6 +245,7 @@ impl ResponseBody {
             kind: Kind::Full(None),
             bytes: 0,
             finish: None,
+            idle: None,
         }
     }
 
@@ -201,21 +264,33 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         };
-        if let Poll::Ready(Some(Ok(f))) = &polled {
-            if let Some(d) = f.data_ref() {
-                this.bytes += d.len() as u64;
+        match (&polled, &mut this.idle) {
+            (Poll::Ready(Some(Ok(f))), idle) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if let Some(idle) = idle {
+                    idle.last = Instant::now();
+                }
             }
+            (Poll::Pending, Some(idle)) => {
+                let expired = idle.poll_expired(cx).is_ready();
+                if expired {
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                }
+            }
+            _ => {}
         }
         polled
     }

@@ -409,7 +409,10 @@ async fn forward(
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
                 done.retries = attempt.retries();
-                return respond(resp, route, pool, server, pinned, conn, upgrade);
+                let mut r = respond(resp, route, pool, server, pinned, conn, upgrade)?;
+                r.body_mut()
+                    .set_idle_timeout(route.stream_idle_timeout, slot.clone());
+                return Ok(r);
             }
             attempts::Next::Retry => {
                 pool.release(server);
