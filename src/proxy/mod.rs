@@ -360,7 +360,7 @@ async fn forward(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(u) = &upgrade {
-        u.restore(&mut parts.headers);
+        u.restore(&mut parts);
     }
     headers::add_forwarded(
         &mut parts.headers,
@@ -494,7 +494,8 @@ fn respond(
         };
         let mut up = Response::from_parts(parts, ());
         let upstream_on = hyper::upgrade::on(&mut up);
-        let (parts, ()) = up.into_parts();
+        let (mut parts, ()) = up.into_parts();
+        u.answer(&mut parts);
         u.splice(upstream_on);
         resp_body = ResponseBody::empty();
         let mut r = Response::from_parts(parts, resp_body);

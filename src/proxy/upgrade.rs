@@ -2,10 +2,16 @@
 //!
 //! An `Upgrade: h2c` from a client is never forwarded: it would let a client speak HTTP/2 to the
 //! server past every rule weir applies (h2c smuggling).
+//!
+//! WebSocket over HTTP/2 (RFC 8441: `CONNECT` with `:protocol websocket`) is bridged: the server
+//! gets an ordinary HTTP/1.1 `GET` + `Upgrade: websocket` (with a fresh `Sec-WebSocket-Key`), and
+//! its 101 becomes the 200 that opens the client's stream. WebSocket frames are the same bytes on
+//! both, so the splice copies them unchanged.
 
 use crate::listener::TrackGuard;
 use crate::runtime::Shared;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
+use http::Method;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::io;
@@ -17,6 +23,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// A client upgrade waiting for the server's 101.
 pub struct Pending {
     client: OnUpgrade,
+    /// The client asked by RFC 8441 extended CONNECT over HTTP/2.
+    extended_connect: bool,
     protocol: HeaderValue,
     idle: Duration,
     shared: Arc<Shared>,
@@ -28,6 +36,9 @@ pub fn take(
     idle: Duration,
     shared: &Arc<Shared>,
 ) -> Option<Pending> {
+    if parts.version == http::Version::HTTP_2 {
+        return take_extended_connect(parts, idle, shared);
+    }
     if parts.version != http::Version::HTTP_11 {
         return None;
     }
@@ -49,17 +60,69 @@ pub fn take(
     let client = parts.extensions.remove::<OnUpgrade>()?;
     Some(Pending {
         client,
+        extended_connect: false,
         protocol,
         idle,
         shared: shared.clone(),
     })
 }
 
+fn take_extended_connect(
+    parts: &mut http::request::Parts,
+    idle: Duration,
+    shared: &Arc<Shared>,
+) -> Option<Pending> {
+    let websocket = parts.method == Method::CONNECT
+        && parts
+            .extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    if !websocket {
+        return None;
+    }
+    let client = parts.extensions.remove::<OnUpgrade>()?;
+    Some(Pending {
+        client,
+        extended_connect: true,
+        protocol: HeaderValue::from_static("websocket"),
+        idle,
+        shared: shared.clone(),
+    })
+}
+
 impl Pending {
-    /// Puts back the headers that hop-by-hop removal took, for the server to see the upgrade.
-    pub fn restore(&self, h: &mut HeaderMap) {
+    /// Puts back the headers that hop-by-hop removal took, for the server to see the upgrade; an
+    /// extended CONNECT becomes the HTTP/1.1 handshake it stands for.
+    pub fn restore(&self, parts: &mut http::request::Parts) {
+        let h = &mut parts.headers;
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, self.protocol.clone());
+        if self.extended_connect {
+            parts.method = Method::GET;
+            if let Ok(key) = HeaderValue::from_str(&websocket_key()) {
+                h.insert(header::SEC_WEBSOCKET_KEY, key);
+            }
+            h.entry(header::SEC_WEBSOCKET_VERSION)
+                .or_insert(HeaderValue::from_static("13"));
+        }
+    }
+
+    /// The server's 101, as the client must see it: unchanged for HTTP/1.1; for an extended
+    /// CONNECT a 200 without the HTTP/1.1 handshake headers (connection-specific in HTTP/2).
+    pub fn answer(&self, parts: &mut http::response::Parts) {
+        if self.extended_connect {
+            parts.status = http::StatusCode::OK;
+            for n in [
+                header::CONNECTION,
+                header::UPGRADE,
+                header::SEC_WEBSOCKET_ACCEPT,
+                header::CONTENT_LENGTH,
+                header::TRANSFER_ENCODING,
+            ] {
+                parts.headers.remove(n);
+            }
+            parts.headers.remove("keep-alive");
+        }
     }
 
     /// Once both sides have switched protocols, copies bytes both ways until both sides have closed
@@ -159,5 +222,34 @@ where
         w.flush().await?;
         total += n as u64;
         last.store(start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes (RFC 6455 §4.1).
+fn websocket_key() -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = [0u8; 18];
+    fastrand::fill(&mut raw[..16]);
+    let mut out = String::with_capacity(24);
+    for c in raw.chunks(3) {
+        let n = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        for shift in [18, 12, 6, 0] {
+            out.push(char::from(ABC[(n >> shift) as usize & 63]));
+        }
+    }
+    // 16 bytes are 22 base64 digits and "==".
+    out.truncate(22);
+    out.push_str("==");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn websocket_key_is_16_bytes_of_base64() {
+        let k = super::websocket_key();
+        assert_eq!(k.len(), 24);
+        assert!(k.ends_with("=="));
+        assert_ne!(k, super::websocket_key());
     }
 }
