@@ -5,14 +5,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::IpAddr;
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and `Keep-Alive`.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `Trailer` is end to end (RFC 9110 §6.6.2) and must stay: hyper's HTTP/1.1 encoder sends only the
+/// trailer fields it announces, so removing it would drop a chunked response's trailers.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
