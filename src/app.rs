@@ -267,13 +267,19 @@ impl Proxy {
         let open = self.tracker.active();
         tracing::info!(
             open_connections = open,
+            upgraded_connections = self.shared.upgrades.active(),
             timeout_ms = timeout.as_millis() as u64,
             "draining"
         );
-        match tokio::time::timeout(timeout, self.tracker.wait_idle()).await {
+        let idle = async {
+            self.tracker.wait_idle().await;
+            self.shared.upgrades.wait_idle().await;
+        };
+        match tokio::time::timeout(timeout, idle).await {
             Ok(()) => tracing::info!("drained; exiting"),
             Err(_) => tracing::warn!(
                 open_connections = self.tracker.active(),
+                upgraded_connections = self.shared.upgrades.active(),
                 "shutdown_timeout reached; exiting"
             ),
         }

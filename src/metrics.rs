@@ -139,6 +139,7 @@ pub struct Metrics {
     pub connections_total: Family<ListenerLabels, Counter>,
     pub connections_refused: Family<ListenerLabels, Counter>,
     pub in_flight: Gauge,
+    pub upgraded: Gauge,
     pub retries: Counter,
     pub reloads: Family<OutcomeLabels, Counter>,
     pub tls_handshakes: Family<OutcomeLabels, Counter>,
@@ -177,6 +178,7 @@ impl Metrics {
             connections_total: Family::default(),
             connections_refused: Family::default(),
             in_flight: Gauge::default(),
+            upgraded: Gauge::default(),
             retries: Counter::default(),
             reloads: Family::default(),
             tls_handshakes: Family::default(),
@@ -230,6 +232,11 @@ impl Metrics {
             "in_flight_requests",
             "Requests being served",
             m.in_flight.clone(),
+        );
+        r.register(
+            "active_upgraded_connections",
+            "Open upgraded (WebSocket) connections being spliced",
+            m.upgraded.clone(),
         );
         r.register(
             "retries",

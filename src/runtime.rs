@@ -114,6 +114,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set when a graceful shutdown starts: `/healthz` turns 503 at once.
     pub draining: AtomicBool,
+    /// Upgraded (WebSocket) connections: they outlive their HTTP connection, so a drain waits for
+    /// them separately and they survive reloads.
+    pub upgrades: Arc<crate::listener::Tracker>,
     generation: AtomicU64,
 }
 
@@ -124,6 +127,7 @@ impl Shared {
             runtime: ArcSwap::from_pointee(rt),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
+            upgrades: Arc::default(),
         })
     }
 

@@ -160,6 +160,8 @@ pub struct HealthConfig {
     pub method: Method,
     pub host: Option<String>,
     pub tcp: bool,
+    /// `grpc: true`: probe with grpc.health.v1.Health/Check for this service name ("" = the server).
+    pub grpc: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -243,6 +245,8 @@ pub struct RouteConfig {
     /// Index into [`Config::pools`].
     pub pool: usize,
     pub timeout: Duration,
+    /// Upgraded connections and streaming responses close after this long with no byte either way.
+    pub stream_idle_timeout: Duration,
     pub retries: u32,
     pub strip_prefix: Option<String>,
     pub max_body_size: Option<u64>,

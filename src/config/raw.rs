@@ -220,6 +220,8 @@ pub struct RawHealth {
     pub method: Option<String>,
     pub host: Option<String>,
     pub tcp: Option<bool>,
+    pub grpc: Option<bool>,
+    pub grpc_service: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -255,6 +257,7 @@ pub struct RawRoute {
     pub matcher: Option<RawMatch>,
     pub pool: String,
     pub timeout: Option<String>,
+    pub stream_idle_timeout: Option<String>,
     pub retries: Option<u32>,
     pub strip_prefix: Option<String>,
     pub max_body_size: Option<Scalar>,

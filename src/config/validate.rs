@@ -674,7 +674,27 @@ fn health(cx: &mut Ctx, o: &Origin, h: &RawHealth) -> HealthConfig {
         method,
         host: h.host.clone(),
         tcp: h.tcp.unwrap_or(false),
+        grpc: grpc_probe(cx, o, h),
     }
+}
+
+fn grpc_probe(cx: &mut Ctx, o: &Origin, h: &RawHealth) -> Option<String> {
+    let on = h.grpc.unwrap_or(false);
+    if !on && h.grpc_service.is_some() {
+        cx.err(
+            o,
+            "health.grpc_service",
+            "health.grpc_service needs health.grpc: true",
+        );
+    }
+    if on && h.tcp.unwrap_or(false) {
+        cx.err(
+            o,
+            "health.grpc",
+            "health.grpc and health.tcp cannot both be true",
+        );
+    }
+    on.then(|| h.grpc_service.clone().unwrap_or_default())
 }
 
 fn passive(cx: &mut Ctx, o: &Origin, p: Option<&RawPassive>) -> PassiveConfig {
@@ -817,6 +837,12 @@ fn routes(
             matcher,
             pool,
             timeout: cx.duration(o, "timeout", &r.timeout, Duration::from_secs(60)),
+            stream_idle_timeout: cx.duration(
+                o,
+                "stream_idle_timeout",
+                &r.stream_idle_timeout,
+                Duration::from_secs(3600),
+            ),
             retries: retries.min(10),
             strip_prefix,
             max_body_size: r

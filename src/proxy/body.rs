@@ -15,11 +15,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use std::time::{Duration, Instant};
+use tokio::time::Sleep;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -48,6 +48,10 @@ pub struct Watch {
 #[derive(Debug)]
 pub struct BodySlot {
     body: Mutex<Option<Incoming>>,
+    /// When the client last sent a body frame (ms after `created`, `u64::MAX` for never), for the
+    /// response's idle timeout, which counts both directions.
+    last_frame_ms: AtomicU64,
+    created: Instant,
     hint: SizeHint,
     watch: Watch,
     pub too_large: AtomicBool,
@@ -62,6 +66,8 @@ impl BodySlot {
             hint: body.size_hint(),
             body: Mutex::new(Some(body)),
             watch,
+            last_frame_ms: AtomicU64::new(u64::MAX),
+            created: Instant::now(),
             too_large: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
             client_failed: AtomicBool::new(false),
@@ -75,6 +81,13 @@ impl BodySlot {
             || self.client_failed.load(Relaxed)
     }
 
+    fn last_frame(&self) -> Option<Instant> {
+        match self.last_frame_ms.load(Relaxed) {
+            u64::MAX => None,
+            ms => Some(self.created + Duration::from_millis(ms)),
+        }
+    }
+
     /// Whether no attempt has started streaming the body yet.
     pub fn untouched(&self) -> bool {
         self.body.lock().map(|b| b.is_some()).unwrap_or(false)
@@ -84,6 +97,8 @@ impl BodySlot {
 #[derive(Debug)]
 pub enum ForwardBody {
     Empty,
+    /// A small body weir makes itself (a gRPC health probe).
+    Full(Option<Bytes>),
     Streaming {
         slot: Arc<BodySlot>,
         taken: Option<Incoming>,
@@ -96,6 +111,10 @@ pub enum ForwardBody {
 }
 
 impl ForwardBody {
+    pub fn full(b: impl Into<Bytes>) -> ForwardBody {
+        ForwardBody::Full(Some(b.into()))
+    }
+
     pub fn streaming(slot: &Arc<BodySlot>, limit: Option<u64>) -> ForwardBody {
         ForwardBody::Streaming {
             slot: slot.clone(),
@@ -116,6 +135,10 @@ impl Body for ForwardBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if let ForwardBody::Full(b) = this {
+            return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+        }
         let ForwardBody::Streaming {
             slot,
             taken,
@@ -123,7 +146,7 @@ impl Body for ForwardBody {
             seen,
             stall,
             waiting,
-        } = self.get_mut()
+        } = this
         else {
             return Poll::Ready(None);
         };
@@ -144,10 +167,10 @@ impl Body for ForwardBody {
                 // The clock starts when we start waiting, so time the server spent not reading
                 // (backpressure) never counts against the client.
                 let deadline = Instant::now() + w.timeout;
-                let sleep =
-                    stall.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                let sleep = stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline.into())));
                 if !*waiting {
-                    sleep.as_mut().reset(deadline);
+                    sleep.as_mut().reset(deadline.into());
                     *waiting = true;
                 }
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -160,6 +183,8 @@ impl Body for ForwardBody {
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                let ms = slot.created.elapsed().as_millis() as u64;
+                slot.last_frame_ms.store(ms, Relaxed);
                 if let Some(d) = frame.data_ref() {
                     *seen += d.len() as u64;
                     if *seen > *limit {
@@ -181,6 +206,7 @@ impl Body for ForwardBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ForwardBody::Empty => true,
+            ForwardBody::Full(b) => b.is_none(),
             ForwardBody::Streaming { taken, .. } => {
                 taken.as_ref().is_some_and(|b| b.is_end_stream())
             }
@@ -190,6 +216,7 @@ impl Body for ForwardBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ForwardBody::Empty => SizeHint::with_exact(0),
+            ForwardBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ForwardBody::Streaming { slot, taken, .. } => {
                 taken.as_ref().map_or_else(|| slot.hint, |b| b.size_hint())
             }
@@ -208,7 +235,37 @@ pub struct ResponseBody {
     finish: Option<Box<dyn Finish>>,
     /// The request counts as in flight (for the idle timer) until its response body is gone.
     busy: Option<Busy>,
+    idle: Option<Box<Idle>>,
 }
+
+/// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
+/// from the last frame either way when it fires, so it costs one timer per period, not per frame.
+struct Idle {
+    timeout: Duration,
+    last: Instant,
+    request: Option<Arc<BodySlot>>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Idle {
+    /// Ready when nothing has moved either way for `timeout`.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let from_client = self.request.as_ref().and_then(|s| s.last_frame());
+            let last = from_client.map_or(self.last, |c| c.max(self.last));
+            let deadline = (last + self.timeout).into();
+            match &mut self.sleep {
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                Some(s) if s.deadline() != deadline => s.as_mut().reset(deadline),
+                Some(s) => return s.as_mut().poll(cx),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data either way for the route's stream_idle_timeout")]
+pub struct StreamIdle;
 
 enum Kind {
     Upstream(Incoming),
@@ -222,6 +279,20 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             busy: None,
+            idle: None,
+        }
+    }
+
+    /// Cuts a streaming response after `timeout` without a frame from the server or, through
+    /// `request`, from the client.
+    pub fn set_idle_timeout(&mut self, timeout: Duration, request: Option<Arc<BodySlot>>) {
+        if matches!(self.kind, Kind::Upstream(_)) {
+            self.idle = Some(Box::new(Idle {
+                timeout,
+                last: Instant::now(),
+                request,
+                sleep: None,
+            }));
         }
     }
 
@@ -232,11 +303,20 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             busy: None,
+            idle: None,
         }
     }
 
+    /// Ends at once (`is_end_stream`), so HTTP/2 sends one HEADERS frame with END_STREAM: what a
+    /// gRPC trailers-only answer needs.
     pub fn empty() -> Self {
-        Self::full(Bytes::new())
+        ResponseBody {
+            kind: Kind::Full(None),
+            bytes: 0,
+            finish: None,
+            busy: None,
+            idle: None,
+        }
     }
 
     pub fn on_finish(&mut self, f: Box<dyn Finish>) {
@@ -258,21 +338,33 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx),
+            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         };
-        if let Poll::Ready(Some(Ok(f))) = &polled {
-            if let Some(d) = f.data_ref() {
-                this.bytes += d.len() as u64;
+        match (&polled, &mut this.idle) {
+            (Poll::Ready(Some(Ok(f))), idle) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if let Some(idle) = idle {
+                    idle.last = Instant::now();
+                }
             }
+            (Poll::Pending, Some(idle)) => {
+                let expired = idle.poll_expired(cx).is_ready();
+                if expired {
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                }
+            }
+            _ => {}
         }
         polled
     }

@@ -6,7 +6,9 @@ use std::net::IpAddr;
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy `Proxy-Connection` and `Keep-Alive`, and
 /// `HTTP2-Settings`, which only means something beside an `Upgrade: h2c` weir never forwards.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// `Trailer` is end to end (RFC 9110 §6.6.2) and must stay: hyper's HTTP/1.1 encoder sends only the
+/// trailer fields it announces, so removing it would drop a chunked response's trailers.
+const HOP_BY_HOP: [HeaderName; 8] = [
     HeaderName::from_static("http2-settings"),
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -14,7 +16,6 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 

@@ -2,6 +2,7 @@
 
 pub mod body;
 pub mod error;
+mod grpc;
 pub mod headers;
 mod upgrade;
 
@@ -175,9 +176,16 @@ pub async fn handle(
         upstream_head: None,
     });
     let http1 = req.version() < Version::HTTP_2;
+    let grpc = grpc::is_grpc(req.headers());
     let mut resp = match serve(req, conn, &rt, &mut done, busy.index).await {
         Ok(r) => r,
-        Err(e) => error_response(&e, &mut done),
+        Err(e) => {
+            let mut r = error_response(&e, &mut done);
+            if grpc {
+                grpc::into_grpc(&e, &mut r);
+            }
+            r
+        }
     };
     // Draining: tell HTTP/1.1 clients to reconnect (elsewhere) after this response, the one way to
     // close a keep-alive connection that does not race a request the client is already sending.
@@ -385,7 +393,7 @@ async fn forward(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let upgrade = upgrade::take(&mut parts);
+    let upgrade = upgrade::take(&mut parts, route.stream_idle_timeout, &done.shared);
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -400,7 +408,7 @@ async fn forward(
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if let Some(u) = &upgrade {
-        u.restore(&mut parts.headers);
+        u.restore(&mut parts);
     }
     headers::add_forwarded(
         &mut parts.headers,
@@ -443,6 +451,7 @@ async fn forward(
         client_ip: conn.peer.ip(),
         headers: &head.headers,
     };
+    let head_timeout = grpc::head_timeout(&head.headers, route.timeout);
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
         let server = attempt.pick(pool, &input).await?;
@@ -451,13 +460,16 @@ async fn forward(
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
         let req = build(&head, pool, server, slot.as_ref(), route.max_body_size);
         let sent_at = Instant::now();
-        let sent = tokio::time::timeout(route.timeout, pool.client.request(req)).await;
+        let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
         done.upstream_head = Some(sent_at.elapsed());
         let outcome = attempts::classify(sent, slot.as_deref());
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
                 done.retries = attempt.retries();
-                return respond(resp, route, pool, server, pinned, conn, upgrade);
+                let mut r = respond(resp, route, pool, server, pinned, conn, upgrade)?;
+                r.body_mut()
+                    .set_idle_timeout(route.stream_idle_timeout, slot.clone());
+                return Ok(r);
             }
             attempts::Next::Retry => {
                 pool.release(server);
@@ -526,6 +538,14 @@ fn respond(
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let mut resp_body = ResponseBody::upstream(body);
+    // Before the 101 branch: a WebSocket handshake pins the client like any other response.
+    if let Some(s) = &pool.sticky {
+        if pinned != Some(server) {
+            parts
+                .headers
+                .append(header::SET_COOKIE, s.set_cookie(server, conn.tls.is_some()));
+        }
+    }
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         let Some(u) = upgrade else {
             return Err(ProxyError::Upstream(
@@ -534,8 +554,9 @@ fn respond(
         };
         let mut up = Response::from_parts(parts, ());
         let upstream_on = hyper::upgrade::on(&mut up);
-        let (parts, ()) = up.into_parts();
+        let (mut parts, ()) = up.into_parts();
         conn.state.upgraded.store(true, Relaxed);
+        u.answer(&mut parts);
         u.splice(upstream_on);
         resp_body = ResponseBody::empty();
         let mut r = Response::from_parts(parts, resp_body);
@@ -544,13 +565,6 @@ fn respond(
     }
     headers::remove_hop_by_hop(&mut parts.headers);
     headers::apply(&route.response_headers, &mut parts.headers);
-    if let Some(s) = &pool.sticky {
-        if pinned != Some(server) {
-            parts
-                .headers
-                .append(header::SET_COOKIE, s.set_cookie(server, conn.tls.is_some()));
-        }
-    }
     parts.version = Version::HTTP_11;
     Ok(Response::from_parts(parts, resp_body))
 }

@@ -21,6 +21,7 @@ pub mod client;
 pub mod closer;
 pub mod config;
 pub mod control;
+pub mod grpc;
 pub mod hung;
 pub mod load;
 pub mod prom;
@@ -28,7 +29,9 @@ pub mod raw;
 pub mod rawconn;
 pub mod recorder;
 pub mod tls_client;
+pub mod tlsutil;
 pub mod weir;
+pub mod ws;
 
 // Each test file uses a different subset of these.
 #[allow(unused_imports)]
