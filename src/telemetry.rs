@@ -42,6 +42,7 @@ pub fn init(level: &str, format: LogFormat, access_log: Option<&Path>) -> std::i
         .with(stderr)
         .with(access)
         .init();
+    install_panic_hook();
     Ok(())
 }
 
@@ -57,7 +58,6 @@ where
         LogFormat::Text => layer.boxed(),
         LogFormat::Json => layer.json().flatten_event(true).boxed(),
     }
-    install_panic_hook();
 }
 
 /// Logs panics through tracing (so they reach the JSON log too) instead of bare stderr text.

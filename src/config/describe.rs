@@ -195,7 +195,10 @@ fn pool(s: &mut String, p: &PoolConfig) {
             dur(p.queue_timeout)
         ));
     }
-    conn.push(format!("retry budget {}%", p.retry_budget_percent));
+    conn.push(format!(
+        "retry budget {}% + {}/s",
+        p.retry_budget.percent, p.retry_budget.min_per_second
+    ));
     if let Some(w) = p.slow_start {
         conn.push(format!("slow start {}", dur(w)));
     }

@@ -55,9 +55,11 @@ fn code(e: &ProxyError) -> &'static str {
     match e {
         ProxyError::Timeout => DEADLINE_EXCEEDED,
         ProxyError::NoRoute => UNIMPLEMENTED,
-        ProxyError::BodyTooLarge => RESOURCE_EXHAUSTED,
+        ProxyError::BodyTooLarge | ProxyError::UriTooLong => RESOURCE_EXHAUSTED,
         ProxyError::BadRequest(_) => INTERNAL,
+        ProxyError::BodyTimeout => DEADLINE_EXCEEDED,
         ProxyError::NoHealthyServer
+        | ProxyError::QueueFull
         | ProxyError::StickyUnavailable
         | ProxyError::Connect(_)
         | ProxyError::Upstream(_)
@@ -88,6 +90,9 @@ fn message(e: &ProxyError) -> &'static str {
         ProxyError::BodyTooLarge => "weir: request too large",
         ProxyError::BadRequest(_) => "weir: malformed request",
         ProxyError::NoHealthyServer => "weir: no healthy server",
+        ProxyError::QueueFull => "weir: every server is at its connection limit",
+        ProxyError::UriTooLong => "weir: request target too long",
+        ProxyError::BodyTimeout => "weir: request body stalled",
         ProxyError::StickyUnavailable => "weir: pinned server unavailable",
         ProxyError::Connect(_) => "weir: connecting to the server failed",
         ProxyError::Upstream(_) => "weir: the server failed",
