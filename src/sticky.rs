@@ -98,7 +98,8 @@ impl Sticky {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(';'))
             .map(str::trim)
-            .filter(|c| !c.is_empty() && c.split('=').next() != Some(name.as_str()))
+            // The name is trimmed as `router::matcher::cookie` trims it: `sid =x` is our cookie too.
+            .filter(|c| !c.is_empty() && c.split('=').next().map(str::trim) != Some(name.as_str()))
             .map(str::to_owned)
             .collect();
         headers.remove(http::header::COOKIE);
@@ -113,6 +114,41 @@ impl Sticky {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sticky(cookie: &str) -> Sticky {
+        let config = StickyConfig {
+            cookie: cookie.into(),
+            ttl: None,
+            reject_unavailable: false,
+            secret: None,
+            path: "/".into(),
+            domain: None,
+            http_only: true,
+            secure: None,
+            same_site: "Lax".into(),
+            strip: true,
+        };
+        Sticky::new(&config, "p", &[])
+    }
+
+    /// Found by the `sticky` fuzz target: `sid =x` (space before `=`) is read as our cookie by the
+    /// matcher but was passed on to the server.
+    #[test]
+    fn strip_removes_the_cookie_whatever_the_spacing() {
+        let s = sticky("sid");
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_static(" sid =; a=1"),
+        );
+        h.append(
+            http::header::COOKIE,
+            HeaderValue::from_static("sid\t=x;b=2; sid=y"),
+        );
+        s.strip(&mut h);
+        assert_eq!(crate::router::matcher::cookie(&h, "sid"), None);
+        assert_eq!(h[http::header::COOKIE], "a=1; b=2");
+    }
 
     #[test]
     fn values_are_stable_opaque_and_keyed() {

@@ -265,6 +265,24 @@ pub struct AdminConfig {
 pub fn load(path: &Path) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
     let mut diags = Diagnostics::default();
     let raw = source::load(path, &mut diags);
+    finish(raw, diags)
+}
+
+/// Validates one configuration text as if read from a file called `name`, with no file system
+/// involved: the entry point of the `config` fuzz target (and handy in tests).
+pub fn parse(name: &str, text: &str) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
+    let mut diags = Diagnostics::default();
+    let mut raw = source::RawConfig::default();
+    let name: std::sync::Arc<str> = name.into();
+    raw.files.push(name.clone());
+    source::load_text(name, text, &mut raw, &mut diags);
+    finish(raw, diags)
+}
+
+fn finish(
+    raw: source::RawConfig,
+    mut diags: Diagnostics,
+) -> Result<(Config, Vec<Diagnostic>), ConfigError> {
     let config = validate::validate(raw, &mut diags);
     diags.items.sort_by(|a, b| {
         (&a.pos.file, a.pos.line, a.pos.col).cmp(&(&b.pos.file, b.pos.line, b.pos.col))

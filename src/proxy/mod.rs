@@ -357,7 +357,9 @@ struct Head {
     version: Version,
 }
 
-fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery {
+/// The path and query sent to the server once the route's `strip_prefix` is applied; public only so
+/// the `router` fuzz target can reach it.
+pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery {
     let root = || http::uri::PathAndQuery::from_static("/");
     let Some(prefix) = strip else {
         return uri.path_and_query().cloned().unwrap_or_else(root);
