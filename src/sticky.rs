@@ -127,6 +127,7 @@ mod tests {
             secure: None,
             same_site: "Lax".into(),
             strip: true,
+            drain_timeout: std::time::Duration::from_secs(600),
         };
         Sticky::new(&config, "p", &[])
     }
