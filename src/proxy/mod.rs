@@ -79,6 +79,7 @@ fn millis(d: std::time::Duration) -> f64 {
 impl Finish for Done {
     fn finish(&mut self, bytes: u64) {
         let dur = self.start.elapsed();
+        self.shared.metrics.in_flight.dec();
         if let (Some(pool), Some(i)) = (&self.pool, self.server) {
             pool.release(i);
         }
@@ -137,6 +138,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
         upstream_head: None,
     };
+    shared.metrics.in_flight.inc();
     done.finish(0);
 }
 
@@ -150,6 +152,7 @@ pub async fn handle(
     let rt = shared.runtime.load_full();
     // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
     let log = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
+    shared.metrics.in_flight.inc();
     let mut done = Box::new(Done {
         shared: shared.clone(),
         start: Instant::now(),
