@@ -138,8 +138,15 @@ async fn metrics_move_with_traffic_and_every_local_reply_has_a_reason() {
     ] {
         assert!(text.contains(needle), "{needle} in the access log:\n{text}");
     }
-    let ok_line = text.lines().find(|l| l.contains("reason=ok")).unwrap();
-    assert!(ok_line.contains("upstream_ms="), "{ok_line}");
+    let ok_lines: Vec<&str> = text.lines().filter(|l| l.contains("reason=ok")).collect();
+    assert!(ok_lines[0].contains("upstream_ms="), "{}", ok_lines[0]);
+    // The first request opened the upstream connection and logs its connect time; the later ones
+    // reused the pooled connection and log none.
+    assert!(ok_lines[0].contains("connect_ms="), "{}", ok_lines[0]);
+    assert!(
+        ok_lines[1..].iter().any(|l| !l.contains("connect_ms=")),
+        "a reused connection logs no connect time:\n{text}"
+    );
     assert!(
         !weir.logs().iter().any(|l| l.contains("weir::access")),
         "the access log is not also on stderr"

@@ -69,6 +69,8 @@ struct Done {
     tls: &'static str,
     /// From sending the (last attempt's) request to the server to its response head.
     upstream_head: Option<std::time::Duration>,
+    /// Set when the answering attempt opened a new upstream connection (not a pooled one).
+    upstream_connect: Option<std::time::Duration>,
 }
 
 /// Milliseconds with microsecond precision, as a number (JSON logs get a number, not a string).
@@ -108,6 +110,7 @@ impl Finish for Done {
             upstream = %upstream.as_deref().unwrap_or("-"),
             dur_ms = millis(dur),
             upstream_ms = self.upstream_head.map(millis),
+            connect_ms = self.upstream_connect.map(millis),
             bytes,
             reason = %self.reason,
             retries = self.retries,
@@ -137,6 +140,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
         upstream_head: None,
+        upstream_connect: None,
     };
     shared.metrics.in_flight.inc();
     done.finish(0);
@@ -177,6 +181,7 @@ pub async fn handle(
         retries: 0,
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
         upstream_head: None,
+        upstream_connect: None,
     });
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
@@ -467,6 +472,13 @@ async fn forward(
         let sent_at = Instant::now();
         let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
         done.upstream_head = Some(sent_at.elapsed());
+        if let Ok(Ok(r)) = &sent {
+            done.upstream_connect = r
+                .extensions()
+                .get::<crate::pool::client::ConnectTiming>()
+                .filter(|t| t.done_at >= sent_at)
+                .map(|t| t.took);
+        }
         let outcome = attempts::classify(sent, slot.as_deref());
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
