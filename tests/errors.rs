@@ -167,6 +167,15 @@ async fn malformed_request_is_400_and_closed() {
     .await;
     assert_eq!(resp.status, 400, "control byte in target: {:?}", resp.raw);
     assert_eq!(resp.closed, Some(true));
+
+    // The asterisk form belongs to OPTIONS alone; `GET *` never reaches a server.
+    let resp = raw_request(
+        weir.addr(),
+        b"GET * HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+        true,
+    )
+    .await;
+    assert_eq!(resp.status, 400, "GET *: {:?}", resp.raw);
     assert_eq!(backend.requests(), 0);
 }
 

@@ -243,6 +243,12 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
     if uri_len(req.uri()) > max_uri {
         return Err(ProxyError::UriTooLong);
     }
+    // The asterisk form exists only for a server-wide OPTIONS (RFC 9112 §3.2.4).
+    if req.uri() == "*" && req.method() != Method::OPTIONS {
+        return Err(ProxyError::BadRequest(
+            "asterisk-form target with a method other than OPTIONS",
+        ));
+    }
     let h = req.headers();
     if let Some(host) = h.get(header::HOST) {
         // The router and the server must read the same host: one valid authority, no userinfo.
