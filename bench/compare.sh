@@ -403,9 +403,9 @@ start_proxy() { # start_proxy NAME: start (or restart) it; sets PROXY_PID or PRO
     ;;
   weir)
     port=$WEIR_PORT
-    # weir sizes its tokio runtime from the CPUs it may run on; TOKIO_WORKER_THREADS makes
-    # the thread count explicit and equal to the others' worker count
-    start_bg weir "$TMP" env RUST_LOG=warn TOKIO_WORKER_THREADS="$WORKERS" \
+    # weir sizes its runtime from the CPUs it may run on; WEIR_WORKERS (--workers) makes the
+    # thread count explicit and equal to the others' worker count (1: a current-thread runtime)
+    start_bg weir "$TMP" env RUST_LOG=warn WEIR_WORKERS="$WORKERS" \
       "${ON_SERVERS[@]}" "$WEIR_BIN" run --config "$WEIR_CFG"
     ;;
   esac

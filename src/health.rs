@@ -182,7 +182,8 @@ async fn probe(pool: &Pool, idx: usize, cfg: &HealthConfig) -> Result<(), String
 fn h2_client(cfg: &crate::config::PoolConfig) -> Result<UpstreamClient, crate::tls::TlsError> {
     let mut cfg = cfg.clone();
     cfg.protocol = crate::config::UpstreamProtocol::Http2;
-    crate::pool::client::build(&cfg)
+    let connector = crate::pool::client::connector(&cfg)?;
+    Ok(crate::pool::client::build(&cfg, connector))
 }
 
 /// A grpc.health.v1.Health/Check call; passes only on `SERVING`. The protobuf is encoded and read by

@@ -36,6 +36,38 @@ async fn upstream_connections_are_reused() {
     );
 }
 
+/// weir's HTTP/1.1 pool keeps idle connections without a task of their own; they must still be
+/// closed once the pool's `idle_timeout` passes, so a quiet weir holds no upstream sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_idle_timeout() {
+    let backend = Backend::start("echo").await;
+    let cfg = single_pool(
+        "round_robin",
+        "    idle_timeout: 300ms\n",
+        &servers(&[&backend]),
+    );
+    let weir = Weir::start(&cfg).await;
+    let gets = ["/c/0", "/c/1", "/c/2", "/c/3"].map(|p| weir.get("h", p));
+    for r in futures_util::future::join_all(gets).await {
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    assert!(backend.open() >= 1, "pooled connections stay open at first");
+    let closed = timeout(Duration::from_secs(10), async {
+        while backend.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "{} upstream connections still open",
+        backend.open()
+    );
+    // And the next request opens a fresh one.
+    let r = weir.get("h", "/after").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_is_appended() {
     let (_backend, weir) = one_backend().await;

@@ -12,7 +12,18 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 pub type UpstreamClient = Client<Timed<Connector>, ForwardBody>;
 
-pub fn build(cfg: &PoolConfig) -> Result<UpstreamClient, crate::tls::TlsError> {
+/// Whether the pool's connections are always HTTP/1.1 (no HTTP/2 by ALPN or configuration), so
+/// [`super::h1`] can drive them.
+pub fn http1_only(cfg: &PoolConfig) -> bool {
+    matches!(
+        (cfg.protocol, cfg.tls.is_some()),
+        (UpstreamProtocol::Http1, _) | (UpstreamProtocol::Auto, false)
+    )
+}
+
+/// TCP (and, for a TLS pool, TLS with its CA and SNI) connections to the pool's servers, offering
+/// by ALPN the protocols the pool's `protocol` allows.
+pub fn connector(cfg: &PoolConfig) -> Result<Connector, crate::tls::TlsError> {
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(cfg.connect_timeout));
@@ -39,15 +50,17 @@ pub fn build(cfg: &PoolConfig) -> Result<UpstreamClient, crate::tls::TlsError> {
         )),
         None => builder,
     };
-    let http2 = cfg.protocol == UpstreamProtocol::Http2;
-    let connector = match (cfg.protocol, cfg.tls.is_some()) {
-        (UpstreamProtocol::Http1, _) | (UpstreamProtocol::Auto, false) => {
-            builder.enable_http1().wrap_connector(http)
-        }
+    Ok(match (cfg.protocol, http1_only(cfg)) {
+        (_, true) => builder.enable_http1().wrap_connector(http),
         (UpstreamProtocol::Http2, _) => builder.enable_http2().wrap_connector(http),
-        (UpstreamProtocol::Auto, true) => builder.enable_all_versions().wrap_connector(http),
-    };
-    let client = Client::builder(TokioExecutor::new())
+        _ => builder.enable_all_versions().wrap_connector(http),
+    })
+}
+
+/// hyper-util's pooled client: HTTP/2 pools, ALPN-chosen protocols, upgrades and health probes.
+pub fn build(cfg: &PoolConfig, connector: Connector) -> UpstreamClient {
+    let http2 = cfg.protocol == UpstreamProtocol::Http2;
+    Client::builder(TokioExecutor::new())
         .pool_idle_timeout(cfg.idle_timeout)
         .pool_max_idle_per_host(cfg.max_idle_per_server)
         .pool_timer(TokioTimer::new())
@@ -55,8 +68,7 @@ pub fn build(cfg: &PoolConfig) -> Result<UpstreamClient, crate::tls::TlsError> {
         .http2_only(http2)
         .http1_preserve_header_case(false)
         .set_host(false)
-        .build(Timed(connector));
-    Ok(client)
+        .build(Timed(connector))
 }
 
 /// How long the TCP (and TLS) setup of an upstream connection took, and when it finished.

@@ -5,6 +5,7 @@
 //! nothing about a server that stays. All of it is atomics: the hot path never locks.
 
 pub mod client;
+pub mod h1;
 
 use crate::balance::{Balancer, PickInput};
 use crate::config::{PoolConfig, RetryBudgetConfig, ServerConfig};
@@ -259,6 +260,8 @@ pub struct Pool {
     pub servers: Box<[Server]>,
     pub balancer: Balancer,
     pub client: client::UpstreamClient,
+    /// Set for HTTP/1.1-only pools: requests drive their upstream connections themselves.
+    pub h1: Option<Arc<h1::H1>>,
     pub sticky: Option<Sticky>,
     pub config: PoolConfig,
     /// Set when a reload replaces this pool, so its probe task stops.
@@ -291,10 +294,21 @@ impl Pool {
             servers.extend(removed_servers(cfg, prev, sticky.drain_timeout));
         }
         let servers = servers.into_boxed_slice();
+        let connector = client::connector(cfg)?;
+        let h1 = client::http1_only(cfg).then(|| {
+            h1::H1::new(
+                connector.clone(),
+                cfg.tls.is_some(),
+                servers.len(),
+                cfg.max_idle_per_server,
+                cfg.idle_timeout,
+            )
+        });
         Ok(Pool {
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, cfg.hash_key.as_deref(), &servers),
-            client: client::build(cfg)?,
+            client: client::build(cfg, connector),
+            h1,
             sticky: cfg
                 .sticky
                 .as_ref()

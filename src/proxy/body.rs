@@ -236,6 +236,10 @@ pub struct ResponseBody {
     /// The request counts as in flight (for the idle timer) until its response body is gone.
     busy: Option<Busy>,
     idle: Option<Box<Idle>>,
+    /// The upstream connection this body arrives on, when the request drives it itself.
+    lease: Option<crate::pool::h1::Lease>,
+    /// A break in the server's body, held back for one turn (see `poll_frame`).
+    broken: Option<BoxError>,
 }
 
 /// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
@@ -280,6 +284,8 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            lease: None,
+            broken: None,
         }
     }
 
@@ -304,6 +310,8 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            lease: None,
+            broken: None,
         }
     }
 
@@ -316,7 +324,15 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            lease: None,
+            broken: None,
         }
+    }
+
+    /// Gives the body the upstream connection it arrives on, to drive while it streams and to
+    /// give back to the pool once it is complete.
+    pub fn drive(&mut self, lease: crate::pool::h1::Lease) {
+        self.lease = Some(lease);
     }
 
     pub fn on_finish(&mut self, f: Box<dyn Finish>) {
@@ -330,10 +346,42 @@ impl ResponseBody {
 
 impl Drop for ResponseBody {
     fn drop(&mut self) {
+        // A body hyper never polls because it was empty (HEAD, 204, 304) is still complete.
+        if let (Some(lease), Kind::Upstream(b)) = (&mut self.lease, &self.kind) {
+            if b.is_end_stream() {
+                lease.release();
+            }
+        }
         if let Some(mut f) = self.finish.take() {
             f.finish(self.bytes);
         }
     }
+}
+
+/// A frame of the server's response, running the upstream connection's IO in between when this
+/// request drives it ([`crate::pool::h1`]).
+fn poll_upstream(
+    body: &mut Incoming,
+    lease: &mut Option<crate::pool::h1::Lease>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let mut polled = Pin::new(&mut *body).poll_frame(cx);
+    if polled.is_pending() {
+        if let Some(l) = lease {
+            l.poll(cx);
+            polled = Pin::new(&mut *body).poll_frame(cx);
+        }
+    }
+    match &polled {
+        Poll::Ready(None) => {
+            if let Some(l) = lease {
+                l.release();
+            }
+        }
+        Poll::Ready(Some(Err(_))) => *lease = None,
+        _ => {}
+    }
+    polled.map_err(Into::into)
 }
 
 impl Body for ResponseBody {
@@ -345,10 +393,22 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.broken.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Upstream(body) => poll_upstream(body, &mut this.lease, cx),
         };
+        if let Poll::Ready(Some(Err(e))) = polled {
+            // hyper drops a connection whose response body fails without writing out what it
+            // had buffered. When the break arrives in the same turn as the head and the first
+            // bytes (a server that sends part of a body and closes), report it one turn later,
+            // so the client gets the head and the bytes that came and sees the body cut short.
+            this.broken = Some(e);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         match (&polled, &mut this.idle) {
             (Poll::Ready(Some(Ok(f))), idle) => {
                 if let Some(d) = f.data_ref() {

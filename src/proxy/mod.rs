@@ -474,9 +474,17 @@ async fn forward(
         done.server = Some(server);
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
-        let req = build(&head, pool, server, slot.as_ref(), route.max_body_size);
+        let driven = pool.h1.as_ref().filter(|_| upgrade.is_none());
+        let req = build(
+            &head,
+            pool,
+            server,
+            slot.as_ref(),
+            route.max_body_size,
+            driven.is_none(),
+        );
         let sent_at = Instant::now();
-        let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
+        let (sent, lease) = send(pool, driven, server, req, head_timeout).await;
         done.upstream_head = Some(sent_at.elapsed());
         if let Ok(Ok(r)) = &sent {
             done.upstream_connect = r
@@ -492,6 +500,9 @@ async fn forward(
                 let mut r = respond(resp, route, pool, server, pinned, conn, upgrade)?;
                 r.body_mut()
                     .set_idle_timeout(route.stream_idle_timeout, slot.clone());
+                if let Some(l) = lease {
+                    r.body_mut().drive(l);
+                }
                 return Ok(r);
             }
             attempts::Next::Retry => {
@@ -521,27 +532,63 @@ async fn forward(
     }
 }
 
+/// One attempt's request to `server` through the pool's own HTTP/1.1 connections (`driven`) or
+/// hyper-util's client, bounded by the response-head deadline; with the connection to drive
+/// while the response body streams, for the former.
+async fn send(
+    pool: &Pool,
+    driven: Option<&Arc<crate::pool::h1::H1>>,
+    server: usize,
+    req: Request<ForwardBody>,
+    head_timeout: std::time::Duration,
+) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
+    use crate::pool::h1::SendError;
+    let Some(h1) = driven else {
+        let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
+        let sent = sent.map(|r| {
+            r.map_err(|e| match e.is_connect() {
+                true => SendError::Connect(crate::pool::h1::error_chain(&e)),
+                false => SendError::Request(crate::pool::h1::error_chain(&e)),
+            })
+        });
+        return (sent, None);
+    };
+    let authority = &pool.servers[server].authority;
+    match tokio::time::timeout(head_timeout, h1.send(server, authority, req)).await {
+        Ok(Ok((resp, lease))) => (Ok(Ok(resp)), Some(lease)),
+        Ok(Err(e)) => (Ok(Err(e)), None),
+        Err(t) => (Err(t), None),
+    }
+}
+
+/// The request of one attempt. hyper-util's client wants an absolute URI (it picks the
+/// connection by it and writes origin-form itself); a connection of our own gets origin-form.
 fn build(
     head: &Head,
     pool: &Pool,
     server: usize,
     slot: Option<&Arc<BodySlot>>,
     limit: Option<u64>,
+    absolute: bool,
 ) -> Request<ForwardBody> {
     let body = match slot {
         Some(s) => ForwardBody::streaming(s, limit),
         None => ForwardBody::Empty,
     };
-    let uri = Uri::builder()
-        .scheme(if pool.config.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        })
-        .authority(pool.servers[server].authority.clone())
-        .path_and_query(head.path_and_query.clone())
-        .build()
-        .unwrap_or_default();
+    let uri = if absolute {
+        Uri::builder()
+            .scheme(if pool.config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            })
+            .authority(pool.servers[server].authority.clone())
+            .path_and_query(head.path_and_query.clone())
+            .build()
+            .unwrap_or_default()
+    } else {
+        Uri::from(head.path_and_query.clone())
+    };
     let mut req = Request::new(body);
     *req.method_mut() = head.method.clone();
     *req.uri_mut() = uri;
@@ -596,7 +643,10 @@ mod attempts {
     //! The retry policy: which failures may be tried again on another server, and how often.
 
     use super::*;
-    use hyper_util::client::legacy::Error as ClientError;
+    use crate::pool::h1::SendError;
+
+    /// What one attempt came back with: a response head, a failure, or the head deadline passed.
+    pub type Sent = Result<Result<Response<Incoming>, SendError>, tokio::time::error::Elapsed>;
 
     pub enum Outcome {
         Response(Response<Incoming>),
@@ -619,32 +669,18 @@ mod attempts {
         Fail(ProxyError),
     }
 
-    pub fn classify(
-        sent: Result<Result<Response<Incoming>, ClientError>, tokio::time::error::Elapsed>,
-        slot: Option<&BodySlot>,
-    ) -> Outcome {
+    pub fn classify(sent: Sent, slot: Option<&BodySlot>) -> Outcome {
         let untouched = slot.is_none_or(|s| s.untouched());
         match sent {
             Err(_) => Outcome::TimedOut,
             Ok(Ok(r)) => Outcome::Response(r),
-            Ok(Err(e)) if e.is_connect() => Outcome::ConnectFailed(error_chain(&e)),
+            Ok(Err(SendError::Connect(e))) => Outcome::ConnectFailed(e),
             Ok(Err(_)) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
-            Ok(Err(e)) => Outcome::Failed {
-                error: error_chain(&e),
+            Ok(Err(SendError::Request(error))) => Outcome::Failed {
+                error,
                 body_untouched: untouched,
             },
         }
-    }
-
-    fn error_chain(e: &dyn std::error::Error) -> String {
-        let mut s = e.to_string();
-        let mut src = e.source();
-        while let Some(inner) = src {
-            s.push_str(": ");
-            s.push_str(&inner.to_string());
-            src = inner.source();
-        }
-        s
     }
 
     /// How many more times each kind of failure may be tried again.

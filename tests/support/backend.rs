@@ -89,6 +89,7 @@ struct State {
     health_status: StatusCode,
     response_headers: Vec<(String, String)>,
     connections: AtomicUsize,
+    open: AtomicUsize,
     requests: AtomicUsize,
     health_checks: AtomicUsize,
 }
@@ -147,6 +148,7 @@ impl BackendBuilder {
             health_status: StatusCode::from_u16(self.health_status).unwrap(),
             response_headers: self.response_headers,
             connections: AtomicUsize::new(0),
+            open: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
         });
@@ -159,12 +161,15 @@ impl BackendBuilder {
                     continue;
                 };
                 st.connections.fetch_add(1, Ordering::SeqCst);
+                st.open.fetch_add(1, Ordering::SeqCst);
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
+                    let svc_st = Arc::clone(&st);
+                    let svc = service_fn(move |req| handle(Arc::clone(&svc_st), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    st.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -196,6 +201,11 @@ impl Backend {
     /// Accepted TCP connections so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections open right now (closed ones are counted once the backend sees the close).
+    pub fn open(&self) -> usize {
+        self.state.open.load(Ordering::SeqCst)
     }
 
     /// Requests received so far, health probes excluded.

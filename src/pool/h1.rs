@@ -1,0 +1,292 @@
+//! HTTP/1.1 upstream connections driven by the request that uses them.
+//!
+//! hyper-util's pooled client runs each upstream connection as a task of its own, so every request
+//! hops from the client connection's task to the upstream connection's task and back (two wake-ups
+//! through channels), checks a connection out of a map keyed by a hashed (scheme, authority) behind
+//! one mutex, and spawns a task per response to put the connection back. Here an idle connection is
+//! a plain value in its server's idle list; the request that takes one polls hyper's `Connection`
+//! itself, first while it waits for the response head and then, through the response body
+//! ([`Lease`]), while the body streams. An idle connection costs no task at all, and the request's
+//! bytes never leave the task that serves the client.
+//!
+//! Used for plain-HTTP pools and `protocol: http1` pools. HTTP/2 (which multiplexes one connection
+//! across requests, so it needs a task of its own), ALPN-chosen protocols and upgrades keep
+//! hyper-util's client.
+
+use super::client::{ConnectTiming, Connector};
+use crate::proxy::body::ForwardBody;
+use http::uri::Authority;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tower_service::Service;
+
+type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type Driver = http1::Connection<Io, ForwardBody>;
+
+/// A failed send, sorted the way the retry policy needs.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be made: the request never left.
+    #[error("{0}")]
+    Connect(String),
+    /// The connection broke or the server answered with something hyper could not parse.
+    #[error("{0}")]
+    Request(String),
+}
+
+/// One upstream connection: hyper's handle to send on it and the future that does its IO.
+struct Conn {
+    sender: http1::SendRequest<ForwardBody>,
+    driver: Driver,
+    /// Set once `driver` has completed: it must not be polled again.
+    done: bool,
+}
+
+impl Conn {
+    /// Runs the connection's IO; false once the connection is over.
+    fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.done {
+            if let Poll::Ready(r) = Pin::new(&mut self.driver).poll(cx) {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream connection ended with an error");
+                }
+                self.done = true;
+            }
+        }
+        !self.done
+    }
+
+    /// Whether the connection can take another request now. It gets two turns of its IO to finish
+    /// the last exchange; one that needs longer is dropped rather than waited for.
+    fn poll_reusable(&mut self, cx: &mut Context<'_>) -> bool {
+        for _ in 0..2 {
+            if !self.poll_driver(cx) {
+                return false;
+            }
+            match self.sender.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return true,
+                Poll::Ready(Err(_)) => return false,
+                Poll::Pending => {}
+            }
+        }
+        false
+    }
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// The HTTP/1.1 connections of one pool, one idle list per server (indexed like the pool's
+/// servers). Each list has its own lock, held only to push or pop.
+pub struct H1 {
+    connector: Connector,
+    builder: http1::Builder,
+    https: bool,
+    idle: Box<[Mutex<Vec<Idle>>]>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl std::fmt::Debug for H1 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1")
+            .field("servers", &self.idle.len())
+            .finish()
+    }
+}
+
+impl H1 {
+    pub fn new(
+        connector: Connector,
+        https: bool,
+        servers: usize,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<H1> {
+        let mut builder = http1::Builder::new();
+        builder
+            .preserve_header_case(false)
+            .title_case_headers(false);
+        let h1 = Arc::new(H1 {
+            connector,
+            builder,
+            https,
+            idle: (0..servers).map(|_| Mutex::new(Vec::new())).collect(),
+            max_idle,
+            idle_timeout,
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(reap(Arc::downgrade(&h1)));
+        }
+        h1
+    }
+
+    /// Sends `req` (origin-form, with its `Host`) to `server` on an idle connection or a new one,
+    /// and drives that connection until the response head arrives. A pooled connection found
+    /// closed before the request could be written is replaced without the caller noticing.
+    pub async fn send(
+        self: &Arc<Self>,
+        server: usize,
+        authority: &Authority,
+        mut req: Request<ForwardBody>,
+    ) -> Result<(Response<Incoming>, Lease), SendError> {
+        loop {
+            let (mut conn, timing) = match self.checkout(server).await {
+                Some(c) => (c, None),
+                None => {
+                    let start = Instant::now();
+                    let c = self.connect(authority).await?;
+                    let done_at = Instant::now();
+                    let took = done_at - start;
+                    (c, Some(ConnectTiming { took, done_at }))
+                }
+            };
+            let mut fut = std::pin::pin!(conn.sender.try_send_request(req));
+            let sent = poll_fn(|cx| {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(r);
+                }
+                conn.poll_driver(cx);
+                fut.as_mut().poll(cx)
+            })
+            .await;
+            match sent {
+                Ok(mut resp) => {
+                    if let Some(t) = timing {
+                        resp.extensions_mut().insert(t);
+                    }
+                    let lease = Lease {
+                        conn: Some(conn),
+                        h1: self.clone(),
+                        server,
+                    };
+                    return Ok((resp, lease));
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(back) if timing.is_none() => req = back,
+                    _ => return Err(SendError::Request(error_chain(&e.into_error()))),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open and ready (LIFO keeps the
+    /// fewest connections warm).
+    async fn checkout(&self, server: usize) -> Option<Conn> {
+        loop {
+            let idle = self.idle[server].lock().ok()?.pop()?;
+            if idle.since.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            let mut conn = idle.conn;
+            if poll_fn(|cx| Poll::Ready(conn.poll_reusable(cx))).await {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, SendError> {
+        let scheme = if self.https { "https" } else { "http" };
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        let io = self
+            .connector
+            .clone()
+            .call(uri)
+            .await
+            .map_err(|e| SendError::Connect(error_chain(&*e)))?;
+        let (sender, driver) = self
+            .builder
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(error_chain(&e)))?;
+        Ok(Conn {
+            sender,
+            driver,
+            done: false,
+        })
+    }
+
+    fn put(&self, server: usize, conn: Conn) {
+        if conn.done || self.max_idle == 0 {
+            return;
+        }
+        if let Ok(mut list) = self.idle[server].lock() {
+            if list.len() < self.max_idle {
+                list.push(Idle {
+                    conn,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// Closes idle connections past the pool's `idle_timeout` and those the server has closed, so
+/// neither holds a socket once traffic stops. Ends with the pool.
+async fn reap(h1: Weak<H1>) {
+    let period = h1
+        .upgrade()
+        .map_or(Duration::from_secs(1), |h| h.idle_timeout / 2)
+        .max(Duration::from_millis(250));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(h1) = h1.upgrade() else { return };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for list in h1.idle.iter() {
+            let Ok(mut list) = list.lock() else { continue };
+            list.retain_mut(|i| i.since.elapsed() < h1.idle_timeout && i.conn.poll_driver(&mut cx));
+        }
+    }
+}
+
+/// The connection a response came on, held by the response body: polling it keeps the body
+/// flowing, and a body read to its end gives the connection back to its server's idle list. A
+/// body dropped before its end drops the connection, which closes it.
+pub struct Lease {
+    conn: Option<Conn>,
+    h1: Arc<H1>,
+    server: usize,
+}
+
+impl Lease {
+    /// Runs the connection's IO so the response body can make progress.
+    pub fn poll(&mut self, cx: &mut Context<'_>) {
+        if let Some(c) = &mut self.conn {
+            if !c.poll_driver(cx) {
+                self.conn = None;
+            }
+        }
+    }
+
+    /// The response is complete: the connection may serve another request.
+    pub fn release(&mut self) {
+        if let Some(c) = self.conn.take() {
+            self.h1.put(self.server, c);
+        }
+    }
+}
+
+/// An error with its sources, for logs (hyper's own message is often just "client error").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
