@@ -7,7 +7,9 @@
 //! complete one) when the framing tap finds its chunked framing bad, or when the client sends nothing
 //! for the listener's `body_timeout`.
 //! [`ResponseBody`] carries the answer back and, when dropped (stream done or client gone), releases
-//! the server's in-flight count and writes the access-log line with the bytes really sent.
+//! the server's in-flight count and writes the access-log line with the bytes really sent, and why
+//! the response was cut short if weir cut it (`stream_idle_timeout`, `send_timeout`). It also tells
+//! the connection's send watch when hyper holds one of its frames ([`Busy::handed`]).
 
 use crate::conn::{Busy, ConnState};
 use bytes::Bytes;
@@ -226,7 +228,8 @@ impl Body for ForwardBody {
 
 /// Work to do when a response is finished: metrics, in-flight release, access log.
 pub trait Finish: Send + Sync {
-    fn finish(&mut self, bytes: u64);
+    /// `cut`: the reason weir cut the response short, if it did.
+    fn finish(&mut self, bytes: u64, cut: Option<&'static str>);
 }
 
 pub struct ResponseBody {
@@ -236,6 +239,8 @@ pub struct ResponseBody {
     /// The request counts as in flight (for the idle timer) until its response body is gone.
     busy: Option<Busy>,
     idle: Option<Box<Idle>>,
+    /// Set when the idle timeout ended the stream.
+    cut: Option<&'static str>,
 }
 
 /// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
@@ -280,6 +285,7 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            cut: None,
         }
     }
 
@@ -304,6 +310,7 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            cut: None,
         }
     }
 
@@ -316,6 +323,7 @@ impl ResponseBody {
             finish: None,
             busy: None,
             idle: None,
+            cut: None,
         }
     }
 
@@ -331,7 +339,11 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if let Some(mut f) = self.finish.take() {
-            f.finish(self.bytes);
+            let sent_timeout = self.busy.as_ref().is_some_and(|b| b.send_timed_out());
+            f.finish(
+                self.bytes,
+                self.cut.or(sent_timeout.then_some("send_timeout")),
+            );
         }
     }
 }
@@ -345,6 +357,9 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(b) = &mut this.busy {
+            b.asked();
+        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
@@ -353,6 +368,9 @@ impl Body for ResponseBody {
             (Poll::Ready(Some(Ok(f))), idle) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(b) = &mut this.busy {
+                        b.handed();
+                    }
                 }
                 if let Some(idle) = idle {
                     idle.last = Instant::now();
@@ -361,6 +379,7 @@ impl Body for ResponseBody {
             (Poll::Pending, Some(idle)) => {
                 let expired = idle.poll_expired(cx).is_ready();
                 if expired {
+                    this.cut = Some("stream_idle_timeout");
                     return Poll::Ready(Some(Err(Box::new(StreamIdle))));
                 }
             }

@@ -89,6 +89,8 @@ struct State {
     health_status: StatusCode,
     response_headers: Vec<(String, String)>,
     connections: AtomicUsize,
+    /// Connections whose serving ended in an error (the peer went away mid-response).
+    broken: AtomicUsize,
     requests: AtomicUsize,
     health_checks: AtomicUsize,
 }
@@ -147,6 +149,7 @@ impl BackendBuilder {
             health_status: StatusCode::from_u16(self.health_status).unwrap(),
             response_headers: self.response_headers,
             connections: AtomicUsize::new(0),
+            broken: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
         });
@@ -161,10 +164,14 @@ impl BackendBuilder {
                 st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(Arc::clone(&st), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let svc_st = Arc::clone(&st);
+                    let svc = service_fn(move |req| handle(Arc::clone(&svc_st), req));
+                    let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    if served.is_err() {
+                        st.broken.fetch_add(1, Ordering::SeqCst);
+                    }
                 });
             }
         });
@@ -196,6 +203,11 @@ impl Backend {
     /// Accepted TCP connections so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended in an error, such as a response the peer stopped taking.
+    pub fn broken_connections(&self) -> usize {
+        self.state.broken.load(Ordering::SeqCst)
     }
 
     /// Requests received so far, health probes excluded.
