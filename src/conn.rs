@@ -2,16 +2,36 @@
 //!
 //! The framing tap writes its verdict here (the index of the first message it found ambiguous), the
 //! proxy counts requests and reads that verdict, and the [`watchdog`] closes a connection that sits
-//! idle between requests (`idle_timeout`) or takes too long to send a request head
+//! idle between requests (`idle_timeout`), takes too long to send a request head
 //! (`header_read_timeout`, counted from connect for the first request, from the first byte after
-//! that). hyper's own header-read timer starts as soon as a keep-alive connection goes idle, which
-//! would make it an idle timeout too, so weir keeps both timers here instead.
+//! that), or stops taking its responses (`send_timeout`). hyper's own header-read timer starts as
+//! soon as a keep-alive connection goes idle, which would make it an idle timeout too, so weir keeps
+//! both timers here instead.
+//!
+//! A send stall has two faces. On the socket, a write that finds it full ([`SendWatch`], under TLS,
+//! so TLS buffering cannot hide it) with no progress since: what a client that stops reading
+//! looks like on HTTP/1.1, and on HTTP/2 too. On HTTP/2 alone, a stream's flow-control window:
+//! hyper takes a response frame and asks for the next only once the client's window has let the
+//! last one go ([`Busy::handed`]), so a client that never sends WINDOW_UPDATE stalls with an idle
+//! socket. Any socket write counts as progress on the first (HTTP/1.1 writes only responses), but
+//! not on the second: weir's own PINGs would keep a starved HTTP/2 connection alive forever.
+//! Waiting for the server is neither: hyper is then asking for a frame that has not come.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{
+    AtomicBool, AtomicU64, AtomicUsize,
+    Ordering::{Acquire, Relaxed, Release},
+};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+mod watchdog;
+pub use watchdog::{watchdog, Expired, Timeouts};
 
 /// No ambiguous message seen.
 const CLEAN: u64 = u64::MAX;
@@ -29,6 +49,18 @@ pub struct ConnState {
     /// Armed by the watchdog while idle; the tap disarms it on the next read and wakes the watchdog.
     read_armed: AtomicBool,
     wake: Notify,
+    /// The origin of the stamps below, which are nanoseconds after it plus one (0: none).
+    opened: Instant,
+    /// When a socket write first found the socket full, with no write making progress since.
+    blocked_at: AtomicU64,
+    /// HTTP/2 responses whose last frame hyper holds until the client's window lets it go.
+    held: AtomicUsize,
+    /// When the latest of those frames was handed over.
+    handed_at: AtomicU64,
+    /// Set when `send_timeout` closed the connection: the requests it cut are logged with it.
+    send_timed_out: AtomicBool,
+    /// Once set, the tap writes this instead of reading on, then ends the connection.
+    reply: OnceLock<Box<[u8]>>,
 }
 
 impl Default for ConnState {
@@ -41,6 +73,12 @@ impl Default for ConnState {
             in_flight: AtomicUsize::new(0),
             read_armed: AtomicBool::new(false),
             wake: Notify::new(),
+            opened: Instant::now(),
+            blocked_at: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            handed_at: AtomicU64::new(0),
+            send_timed_out: AtomicBool::new(false),
+            reply: OnceLock::new(),
         }
     }
 }
@@ -50,10 +88,46 @@ pub struct Busy {
     state: Arc<ConnState>,
     /// This request's index among the connection's requests.
     pub index: u64,
+    /// HTTP/2, where the client's flow-control window can stall a response with an idle socket.
+    h2: bool,
+    /// hyper holds a frame of this response and has not asked for the next yet.
+    holding: bool,
+}
+
+impl Busy {
+    /// A response data frame went to hyper. On HTTP/2 hyper asks for the next only once the
+    /// client's window has let this one go, so from now until [`Busy::asked`] the client holds the
+    /// response up. (On HTTP/1.1 hyper writes at once, and a full socket is [`SendWatch`]'s to see.)
+    pub fn handed(&mut self) {
+        if !self.h2 {
+            return;
+        }
+        let s = &self.state;
+        s.handed_at.store(s.stamp(), Relaxed);
+        if !self.holding {
+            self.holding = true;
+            // Release: a watchdog that sees the count sees a stamp at least this new.
+            s.held.fetch_add(1, Release);
+        }
+    }
+
+    /// hyper asks for the next frame: the client has taken the last one.
+    pub fn asked(&mut self) {
+        if self.holding {
+            self.holding = false;
+            self.state.held.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Whether `send_timeout` closed the connection while this request was being answered.
+    pub fn send_timed_out(&self) -> bool {
+        self.state.send_timed_out.load(Relaxed)
+    }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
+        self.asked();
         if self.state.in_flight.fetch_sub(1, Relaxed) == 1 {
             self.state.wake.notify_one();
         }
@@ -67,6 +141,8 @@ impl ConnState {
         Busy {
             state: self.clone(),
             index,
+            h2: self.h2.load(Relaxed),
+            holding: false,
         }
     }
 
@@ -86,90 +162,110 @@ impl ConnState {
             self.wake.notify_one();
         }
     }
-}
 
-#[derive(Clone, Copy)]
-pub struct Timeouts {
-    pub header_read: Duration,
-    pub idle: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expired {
-    /// No request in flight for `idle_timeout`: close gracefully (GOAWAY on HTTP/2).
-    Idle,
-    /// A request head did not complete in time; `started` if any byte of it arrived.
-    Head { started: bool },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
-    Busy,
-    Idle { since: Instant },
-    Head { since: Instant, started: bool },
-}
-
-/// Resolves when the connection has been idle, or slow to send a head, for too long.
-pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
-    let opened = Instant::now();
-    state.read_armed.store(true, Relaxed);
-    let mut phase = Phase::Head {
-        since: opened,
-        started: false,
-    };
-    let mut seen = 0;
-    loop {
-        phase = next_phase(state, phase, &mut seen);
-        let deadline = match phase {
-            Phase::Busy => None,
-            Phase::Idle { since } => Some(since + t.idle),
-            Phase::Head { since, .. } if state.h2.load(Relaxed) => Some(since + t.idle),
-            Phase::Head { since, .. } => Some(since + t.header_read),
-        };
-        let notified = state.wake.notified();
-        let Some(deadline) = deadline else {
-            notified.await;
-            continue;
-        };
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline) => {
-                let mut s = seen;
-                if next_phase(state, phase, &mut s) == phase {
-                    return match phase {
-                        Phase::Head { started, .. } if !state.h2.load(Relaxed) => Expired::Head { started },
-                        _ => Expired::Idle,
-                    };
-                }
-            }
+    /// Called by [`SendWatch`] after each write to the socket (only ever from the connection's
+    /// task, so a load and a store suffice): a full socket starts the stall clock, progress stops it.
+    fn on_write(&self, progressed: bool) {
+        let blocked = self.blocked_at.load(Relaxed) != 0;
+        if progressed && blocked {
+            self.blocked_at.store(0, Relaxed);
+        } else if !progressed && !blocked {
+            self.blocked_at.store(self.stamp(), Relaxed);
         }
     }
+
+    fn stamp(&self) -> u64 {
+        self.opened.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// Since when the client has taken none of the response bytes weir has ready, if it has not.
+    fn send_stalled_since(&self) -> Option<Instant> {
+        let blocked = Some(self.blocked_at.load(Relaxed)).filter(|&b| b != 0);
+        let held = (self.held.load(Acquire) > 0).then(|| self.handed_at.load(Relaxed));
+        let since = blocked.into_iter().chain(held).min()?;
+        Some(self.opened + Duration::from_nanos(since - 1))
+    }
+
+    /// Marks the connection as closed by `send_timeout`; true if a request was being answered (it
+    /// is then logged with that reason).
+    pub fn cut_by_send_timeout(&self) -> bool {
+        self.send_timed_out.store(true, Relaxed);
+        self.in_flight.load(Relaxed) > 0
+    }
+
+    /// Makes the tap write `reply` and end the connection instead of reading on. Refused (false)
+    /// while a response is still stuck in a full socket: the reply would land in its middle.
+    pub fn answer(&self, reply: Box<[u8]>) -> bool {
+        self.blocked_at.load(Relaxed) == 0 && self.reply.set(reply).is_ok()
+    }
+
+    /// The reply set by [`ConnState::answer`], for the tap.
+    pub fn reply(&self) -> Option<&[u8]> {
+        self.reply.get().map(|r| &**r)
+    }
 }
 
-fn next_phase(state: &ConnState, phase: Phase, seen: &mut u64) -> Phase {
-    let now = Instant::now();
-    let requests = state.requests.load(Relaxed);
-    if state.in_flight.load(Relaxed) > 0 {
-        *seen = requests;
-        return Phase::Busy;
+/// The client's socket, below TLS, reporting whether each write made progress: the one place that
+/// sees a full socket whatever TLS or hyper buffer above it.
+pub struct SendWatch<IO> {
+    io: IO,
+    state: Arc<ConnState>,
+}
+
+impl<IO> SendWatch<IO> {
+    pub fn new(io: IO, state: Arc<ConnState>) -> Self {
+        SendWatch { io, state }
     }
-    if phase == Phase::Busy || requests != *seen {
-        // A request finished: idle from now until the next head starts.
-        *seen = requests;
-        state.read_armed.store(true, Relaxed);
-        return Phase::Idle { since: now };
+
+    fn seen(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match &r {
+            Poll::Ready(Ok(n)) if *n > 0 => self.state.on_write(true),
+            Poll::Pending => self.state.on_write(false),
+            _ => {}
+        }
+        r
     }
-    let read = !state.read_armed.load(Relaxed);
-    match phase {
-        Phase::Idle { .. } if read && !state.h2.load(Relaxed) => Phase::Head {
-            since: now,
-            started: true,
-        },
-        Phase::Head { since, .. } if read => Phase::Head {
-            since,
-            started: true,
-        },
-        p => p,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for SendWatch<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for SendWatch<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, data);
+        self.seen(r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.seen(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -177,49 +273,13 @@ fn next_phase(state: &ConnState, phase: Phase, seen: &mut u64) -> Phase {
 mod tests {
     use super::*;
 
-    const MS: Duration = Duration::from_millis(1);
-
-    fn t() -> Timeouts {
-        Timeouts {
-            header_read: 100 * MS,
-            idle: 400 * MS,
-        }
-    }
-
-    #[tokio::test]
-    async fn silent_connection_gets_the_header_timeout() {
+    #[test]
+    fn no_reply_over_a_response_stuck_in_the_socket() {
         let s = ConnState::default();
-        let start = Instant::now();
-        assert_eq!(watchdog(&s, t()).await, Expired::Head { started: false });
-        assert!(start.elapsed() >= 100 * MS);
-    }
-
-    #[tokio::test]
-    async fn idle_after_a_request_gets_the_idle_timeout() {
-        let s = Arc::new(ConnState::default());
-        let s2 = s.clone();
-        let start = Instant::now();
-        tokio::spawn(async move {
-            tokio::time::sleep(10 * MS).await;
-            let busy = s2.enter();
-            tokio::time::sleep(300 * MS).await; // longer than the header timeout: busy, not slow
-            drop(busy);
-        });
-        assert_eq!(watchdog(&s, t()).await, Expired::Idle);
-        assert!(start.elapsed() >= 710 * MS);
-    }
-
-    #[tokio::test]
-    async fn a_head_started_while_idle_gets_the_header_timeout() {
-        let s = Arc::new(ConnState::default());
-        let s2 = s.clone();
-        let start = Instant::now();
-        tokio::spawn(async move {
-            drop(s2.enter());
-            tokio::time::sleep(200 * MS).await;
-            s2.on_read();
-        });
-        assert_eq!(watchdog(&s, t()).await, Expired::Head { started: true });
-        assert!(start.elapsed() >= 300 * MS);
+        s.on_write(false);
+        assert!(!s.answer(b"x".to_vec().into()));
+        s.on_write(true);
+        assert!(s.answer(b"x".to_vec().into()));
+        assert_eq!(s.reply(), Some(&b"x"[..]));
     }
 }

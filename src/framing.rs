@@ -12,6 +12,10 @@
 //! refuses that request and every later one on the connection with 400, and cuts off a body that
 //! turns bad midway. Once a message is bad the tap stops looking (nothing later is served).
 //!
+//! The tap also writes weir's answer to a head that never completed ([`ConnState::answer`]): hyper
+//! is reading that head, so the next read writes the answer instead and reports the end of input,
+//! and hyper drops the connection without a word of its own.
+//!
 //! For every message it does not flag, the tap and hyper agree on where the message ends, so indexes
 //! stay in step. Memory per connection is a few dozen bytes: nothing is buffered but the start of a
 //! header name and the value of a framing header.
@@ -21,7 +25,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest chunk-size line (size and extensions) accepted.
@@ -31,6 +35,8 @@ pub struct Tap<IO> {
     io: IO,
     scan: Option<Scan>,
     state: Arc<ConnState>,
+    /// Bytes of the state's reply written so far.
+    replied: usize,
 }
 
 impl<IO> Tap<IO> {
@@ -40,6 +46,7 @@ impl<IO> Tap<IO> {
             io,
             scan: Some(Scan::new(max_head)),
             state,
+            replied: 0,
         }
     }
 
@@ -49,6 +56,7 @@ impl<IO> Tap<IO> {
             io,
             scan: None,
             state,
+            replied: 0,
         }
     }
 }
@@ -380,7 +388,23 @@ impl Scan {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
+impl<IO: AsyncWrite + Unpin> Tap<IO> {
+    /// Writes the rest of the reply, then reports the end of input (whatever a write error).
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let state = self.state.clone();
+        let reply = state.reply().unwrap_or_default();
+        while self.replied < reply.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &reply[self.replied..])) {
+                Ok(0) | Err(_) => return Poll::Ready(Ok(())),
+                Ok(n) => self.replied += n,
+            }
+        }
+        let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -388,6 +412,9 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Tap<IO> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let this = &mut *self;
+        if this.state.reply().is_some() {
+            return this.poll_reply(cx);
+        }
         let r = Pin::new(&mut this.io).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
             let data = &buf.filled()[before..];

@@ -323,6 +323,11 @@ impl Metrics {
         self.bytes_sent.get_or_create(&rl).inc_by(bytes);
     }
 
+    /// Counts a cut that has no request of its own to be logged with.
+    pub fn local_reply(&self, reason: &'static str) {
+        self.errors.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     pub fn listener(&self, l: &Arc<str>) -> ListenerLabels {
         ListenerLabels {
             listener: Name(l.clone()),

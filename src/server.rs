@@ -6,10 +6,10 @@
 //! streams reset by the client before they were served (rapid reset, CVE-2023-44487: beyond the cap
 //! the connection gets GOAWAY ENHANCE_YOUR_CALM), streams weir itself had to reset, the per-stream
 //! send buffer, and PING keep-alive. h2 also bounds CONTINUATION floods by the header list size.
-//! The header-read and idle timers are weir's own ([`crate::conn::watchdog`]).
+//! The header-read, idle and send timers are weir's own ([`crate::conn::watchdog`]).
 
 use crate::config::ListenerLimits;
-use crate::conn::{ConnState, Expired, Timeouts};
+use crate::conn::{ConnState, Expired, SendWatch, Timeouts};
 use crate::framing::Tap;
 use crate::proxy::{self, ConnInfo, TlsInfo};
 use crate::runtime::{ListenerRuntime, Shared};
@@ -68,8 +68,59 @@ impl Http {
             timeouts: Timeouts {
                 header_read: limits.header_read_timeout,
                 idle: limits.idle_timeout,
+                send: limits.send_timeout,
             },
             max_head: limits.max_header_size,
+        }
+    }
+}
+
+/// How long a connection the watchdog ended may take to say goodbye: it has nothing to finish,
+/// or nothing it will finish.
+const GOODBYE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How a connection the watchdog ended goes.
+enum Farewell {
+    /// Dropped at once.
+    Close,
+    /// hyper's graceful shutdown (GOAWAY on HTTP/2), bounded by [`GOODBYE`].
+    Graceful,
+    /// hyper is driven on (bounded by [`GOODBYE`]) so the tap writes the reply set in the state.
+    Reply,
+}
+
+/// Logs and counts the watchdog's verdict and chooses the goodbye.
+fn farewell(expired: Expired, conn: &ConnInfo, shared: &Arc<Shared>) -> Farewell {
+    let (peer, listener) = (conn.peer, &conn.listener.name);
+    match expired {
+        Expired::Idle => {
+            tracing::debug!(%peer, %listener, "idle timeout");
+            Farewell::Graceful
+        }
+        // Nothing was asked: a silent close, as nginx and HAProxy do for an idle pre-request socket.
+        Expired::Head { started: false } => Farewell::Close,
+        Expired::Head { started: true } => {
+            tracing::debug!(%peer, %listener, "header read timeout");
+            let e = proxy::error::ProxyError::HeaderTimeout;
+            proxy::log_refused(conn, shared, e.status().as_u16(), e.reason());
+            if conn.state.answer(e.raw_reply(conn.listener.hsts.as_ref())) {
+                Farewell::Reply
+            } else {
+                Farewell::Close
+            }
+        }
+        Expired::Send => {
+            tracing::debug!(%peer, %listener, reason = "send_timeout", "the client took no response bytes for send_timeout; closing");
+            if !conn.state.cut_by_send_timeout() {
+                // The last response was handed over and logged already; count the cut here.
+                shared.metrics.local_reply("send_timeout");
+            }
+            // GOAWAY if the socket takes it; the streams it would wait for are stalled.
+            if conn.state.h2.load(Relaxed) {
+                Farewell::Graceful
+            } else {
+                Farewell::Close
+            }
         }
     }
 }
@@ -92,6 +143,7 @@ pub async fn serve(
         })
     };
     let max_head = listener.http.max_head;
+    let tcp = SendWatch::new(tcp, state.clone());
     let Some(tls) = &listener.tls else {
         let io = Tap::new(tcp, state.clone(), max_head);
         return serve_http(io, conn(None), shared, shutdown).await;
@@ -129,12 +181,12 @@ pub async fn serve(
 /// The TLS handshake, bounded by the listener's `handshake_timeout` so a silent client cannot hold a
 /// socket; counted by outcome.
 async fn handshake(
-    tcp: TcpStream,
+    tcp: SendWatch<TcpStream>,
     peer: SocketAddr,
     listener: &ListenerRuntime,
     tls: &crate::tls::ServerTls,
     shared: &Shared,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+) -> Option<tokio_rustls::server::TlsStream<SendWatch<TcpStream>>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let timeout = listener
         .config
@@ -200,22 +252,19 @@ async fn serve_http<IO>(
                 }
             }
         }
-        expired = watchdog => match expired {
-            Expired::Idle => {
-                tracing::debug!(peer = %conn.peer, listener = %listener.name, "idle timeout");
-                http.as_mut().graceful_shutdown();
-                // An idle connection has nothing to finish; bound the goodbye all the same.
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(1), http).await;
-                return;
-            }
-            Expired::Head { started } => {
-                tracing::debug!(peer = %conn.peer, listener = %listener.name, "header read timeout");
-                if started {
-                    proxy::log_refused(&conn, &shared, 408, "header_timeout");
+        expired = watchdog => {
+            match farewell(expired, &conn, &shared) {
+                Farewell::Close => {}
+                Farewell::Graceful => {
+                    http.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(GOODBYE, http).await;
                 }
-                return; // dropping the connection closes it
+                Farewell::Reply => {
+                    let _ = tokio::time::timeout(GOODBYE, http).await;
+                }
             }
-        },
+            return; // dropping the connection closes it
+        }
     };
     if let Err(e) = result {
         // hyper answers unparsable heads itself (400, or 431 when too large); log them like any

@@ -549,12 +549,40 @@ async fn slowloris_and_silent_clients_are_cut_off() {
         closed,
         "a slowloris head was still open after 10s (header_read_timeout 500ms)"
     );
+    // A head that started gets an answer before the close, as HAProxy gives one.
+    let r = slow.response_within(Duration::from_secs(1), false).await;
+    assert_eq!(r.status, 408, "{:?}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.text(), "408 Request Timeout\n");
+    assert!(!r.truncated);
+    // A connection that sent nothing is closed without a word.
     assert!(
         silent.closed_within(Duration::from_secs(5)).await,
         "silent client not closed"
     );
+    let r = silent
+        .response_within(Duration::from_millis(100), false)
+        .await;
+    assert_eq!(
+        r.status,
+        0,
+        "no answer to a silent connection: {:?}",
+        r.text()
+    );
     assert_eq!(rec.raw().len(), 0, "nothing may reach the server");
     weir.expect_access_log(408, None).await;
+    // A second head on a keep-alive connection, begun and left unfinished: 408 after the first
+    // response, never inside it.
+    let mut ka = RawConn::connect(weir.addr()).await;
+    ka.send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let first = ka.response(false).await;
+    assert_eq!(
+        (first.status, first.text().as_str()),
+        (200, "ok GET /first HTTP/1.1")
+    );
+    ka.send(b"GET /second HTTP/1.1\r\nHo").await;
+    assert_eq!(ka.response(false).await.status, 408);
+    assert!(ka.closed_within(Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -653,3 +653,42 @@ fn verbose_prints_the_compiled_table() {
     }
     assert!(all.find("1. api").unwrap() < all.find("2. default").unwrap());
 }
+
+#[test]
+fn send_timeout_is_checked_and_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    let tail = "pools:\n  p:\n    servers:\n      - address: \"127.0.0.1:9001\"\n\
+        routes:\n  - name: all\n    pool: p\n";
+    let bad = format!(
+        "listeners:\n  - name: a\n    bind: \"127.0.0.1:0\"\n    send_timeout: 5 parsecs\n\
+         \x20 - name: b\n    bind: \"127.0.0.1:1\"\n    send_timeout: 0s\n{tail}"
+    );
+    std::fs::write(&path, &bad).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(
+        &diags,
+        &bad,
+        line_of(&bad, "parsecs"),
+        &["send_timeout"],
+        &all,
+    );
+    assert_diag(&diags, &bad, line_of(&bad, "0s"), &["send_timeout"], &all);
+
+    let good = format!(
+        "listeners:\n  - name: a\n    bind: \"127.0.0.1:0\"\n    send_timeout: 2s\n\
+         \x20 - name: b\n    bind: \"127.0.0.1:1\"\n{tail}"
+    );
+    std::fs::write(&path, &good).unwrap();
+    let out = weir(
+        &["check", "--verbose", "--config", path.to_str().unwrap()],
+        &[],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("send timeout 2s"), "{all}");
+    assert!(all.contains("send timeout 1m"), "the default: {all}");
+}

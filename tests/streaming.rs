@@ -1,6 +1,7 @@
 //! Streaming through weir: server-sent events arrive one by one as they are produced, long-lived
-//! and slow responses outlive the route's `timeout`, `stream_idle_timeout` cuts a silent stream,
-//! and HTTP/2 to a server multiplexes 100 concurrent client requests over one connection.
+//! and slow responses outlive the route's `timeout`, `stream_idle_timeout` cuts a silent stream
+//! (and bounds any response whose server goes quiet mid-body, streaming or not, on HTTP/1.1 and
+//! HTTP/2), and HTTP/2 to a server multiplexes 100 concurrent client requests over one connection.
 
 mod support;
 
@@ -11,6 +12,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use support::grpc::{self, GrpcBackend};
+use support::rawconn::RawConn;
+use support::recorder::{ok_naming, Act, Recorder};
 use support::{Weir, WAIT};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -156,6 +159,64 @@ async fn slow_live_download_survives_and_a_silent_one_is_cut() {
         "a silent stream is cut by weir, not ended cleanly nor left hanging: {end:?}"
     );
     drop(tx);
+}
+
+/// An ordinary download whose server sends the head and 5 bytes, then nothing (its connection
+/// left open): `stream_idle_timeout` is the bound on every route. The HTTP/1.1 client sees the
+/// body cut short (before its `Content-Length`, or before the last chunk) and the connection
+/// closed, the HTTP/2 client a reset stream, and no server connection is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_silent_mid_body_is_cut_on_every_protocol() {
+    let rec = Recorder::script(|r, _| {
+        let head = if r.line.contains("/chunked") {
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+        } else if r.line.contains("/partial") {
+            "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello"
+        } else {
+            return Act::Send(ok_naming(r));
+        };
+        Act::Send(head.as_bytes().to_vec())
+    })
+    .await;
+    let weir = Weir::start(&config(rec.addr, "    stream_idle_timeout: 500ms\n")).await;
+    for path in ["/partial", "/chunked"] {
+        let mut c = RawConn::connect(weir.addr()).await;
+        let start = std::time::Instant::now();
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .await;
+        let r = c.response(false).await;
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.truncated, "{path}: the body must end cut short");
+        assert_eq!(r.body, b"hello", "{path}");
+        assert!(start.elapsed() >= Duration::from_millis(500), "{path}");
+        assert!(c.closed_within(WAIT).await, "{path}");
+    }
+    let req = http::Request::builder()
+        .uri(format!("http://{}/partial", weir.addr()))
+        .body(support::empty())
+        .unwrap();
+    let e = support::h2c_send(weir.addr(), req)
+        .await
+        .expect_err("an HTTP/2 client sees the stream reset");
+    assert!(e.contains("body error"), "{e}");
+    weir.wait_log("an access line with reason=stream_idle_timeout", |l| {
+        l.contains("weir::access") && l.contains("reason=stream_idle_timeout")
+    })
+    .await;
+
+    let after = support::raw_request(
+        weir.addr(),
+        b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(after.status, 200);
+    let conns: Vec<usize> = rec.requests().iter().map(|r| r.conn).collect();
+    assert_eq!(
+        conns,
+        [0, 1, 2, 3],
+        "each request on a fresh server connection"
+    );
 }
 
 /// 100 concurrent gRPC calls from 10 client connections share one h2c connection to the server.

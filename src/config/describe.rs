@@ -106,7 +106,7 @@ fn listener(s: &mut String, l: &ListenerConfig) {
     let m = &l.limits;
     let _ = writeln!(
         s,
-        "      limits: {} connections ({}), header read timeout {}, idle {}, headers {} bytes / {} max, {} h2 streams",
+        "      limits: {} connections ({}), header read timeout {}, idle {}, send timeout {}, headers {} bytes / {} max, {} h2 streams",
         m.max_connections,
         match m.max_connections_per_ip {
             0 => "no per-IP cap".to_string(),
@@ -114,6 +114,7 @@ fn listener(s: &mut String, l: &ListenerConfig) {
         },
         dur(m.header_read_timeout),
         dur(m.idle_timeout),
+        dur(m.send_timeout),
         m.max_header_size,
         m.max_headers,
         m.http2_max_concurrent_streams

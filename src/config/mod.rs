@@ -49,6 +49,8 @@ pub struct ListenerLimits {
     pub max_headers: usize,
     pub max_uri_length: usize,
     pub body_timeout: Duration,
+    /// Longest a client may take none of the response bytes weir has ready for it.
+    pub send_timeout: Duration,
     pub http2_max_concurrent_streams: u32,
     pub http2_max_frame_size: u32,
 }

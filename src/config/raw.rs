@@ -109,6 +109,7 @@ pub struct RawListener {
     pub max_headers: Option<usize>,
     pub max_uri_length: Option<Scalar>,
     pub body_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub http2_max_concurrent_streams: Option<u32>,
     pub http2_max_frame_size: Option<Scalar>,
 }

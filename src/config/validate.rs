@@ -263,9 +263,15 @@ fn listener_limits(cx: &mut Ctx, o: &Origin, l: &RawListener) -> ListenerLimits 
             "http2_max_frame_size must be between 16KiB and 16MiB - 1 (RFC 9113)",
         );
     }
+    let send_timeout = cx.duration(o, "send_timeout", &l.send_timeout, Duration::from_secs(60));
+    if send_timeout.is_zero() {
+        // Zero would cut every client the moment its socket is momentarily full.
+        cx.err(o, "send_timeout", "send_timeout must be longer than 0s");
+    }
     ListenerLimits {
         max_uri_length,
         body_timeout: cx.duration(o, "body_timeout", &l.body_timeout, Duration::from_secs(60)),
+        send_timeout,
         http2_max_frame_size: http2_max_frame_size.clamp(16_384, 16_777_215) as u32,
         max_connections: l.max_connections.unwrap_or(50_000),
         max_connections_per_ip: l.max_connections_per_ip.unwrap_or(0),

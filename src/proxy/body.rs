@@ -7,7 +7,9 @@
 //! complete one) when the framing tap finds its chunked framing bad, or when the client sends nothing
 //! for the listener's `body_timeout`.
 //! [`ResponseBody`] carries the answer back and, when dropped (stream done or client gone), releases
-//! the server's in-flight count and writes the access-log line with the bytes really sent.
+//! the server's in-flight count and writes the access-log line with the bytes really sent, and why
+//! the response was cut short if weir cut it (`stream_idle_timeout`, `send_timeout`). It also tells
+//! the connection's send watch when hyper holds one of its frames ([`Busy::handed`]).
 
 use crate::conn::{Busy, ConnState};
 use bytes::Bytes;
@@ -226,7 +228,8 @@ impl Body for ForwardBody {
 
 /// Work to do when a response is finished: metrics, in-flight release, access log.
 pub trait Finish: Send + Sync {
-    fn finish(&mut self, bytes: u64);
+    /// `cut`: the reason weir cut the response short, if it did.
+    fn finish(&mut self, bytes: u64, cut: Option<&'static str>);
 }
 
 pub struct ResponseBody {
@@ -240,6 +243,8 @@ pub struct ResponseBody {
     lease: Option<crate::pool::h1::Lease>,
     /// A break in the server's body, held back for one turn (see `poll_frame`).
     broken: Option<BoxError>,
+    /// Set when the idle timeout ended the stream.
+    cut: Option<&'static str>,
 }
 
 /// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
@@ -286,6 +291,7 @@ impl ResponseBody {
             idle: None,
             lease: None,
             broken: None,
+            cut: None,
         }
     }
 
@@ -312,6 +318,7 @@ impl ResponseBody {
             idle: None,
             lease: None,
             broken: None,
+            cut: None,
         }
     }
 
@@ -326,6 +333,7 @@ impl ResponseBody {
             idle: None,
             lease: None,
             broken: None,
+            cut: None,
         }
     }
 
@@ -353,7 +361,11 @@ impl Drop for ResponseBody {
             }
         }
         if let Some(mut f) = self.finish.take() {
-            f.finish(self.bytes);
+            let sent_timeout = self.busy.as_ref().is_some_and(|b| b.send_timed_out());
+            f.finish(
+                self.bytes,
+                self.cut.or(sent_timeout.then_some("send_timeout")),
+            );
         }
     }
 }
@@ -396,6 +408,9 @@ impl Body for ResponseBody {
         if let Some(e) = this.broken.take() {
             return Poll::Ready(Some(Err(e)));
         }
+        if let Some(b) = &mut this.busy {
+            b.asked();
+        }
         let polled = match &mut this.kind {
             Kind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Kind::Upstream(body) => poll_upstream(body, &mut this.lease, cx),
@@ -413,6 +428,9 @@ impl Body for ResponseBody {
             (Poll::Ready(Some(Ok(f))), idle) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                    if let Some(b) = &mut this.busy {
+                        b.handed();
+                    }
                 }
                 if let Some(idle) = idle {
                     idle.last = Instant::now();
@@ -421,6 +439,7 @@ impl Body for ResponseBody {
             (Poll::Pending, Some(idle)) => {
                 let expired = idle.poll_expired(cx).is_ready();
                 if expired {
+                    this.cut = Some("stream_idle_timeout");
                     return Poll::Ready(Some(Err(Box::new(StreamIdle))));
                 }
             }

@@ -1,6 +1,6 @@
 //! Why weir itself answered (or cut short) a request, and the one place a status is chosen for it.
 
-use http::StatusCode;
+use http::{HeaderValue, StatusCode};
 
 /// Which side a failure came from, for logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +30,9 @@ pub enum ProxyError {
     UriTooLong,
     #[error("the client stopped sending its request body")]
     BodyTimeout,
+    /// Never reaches the request path: the connection's watchdog answers it with [`ProxyError::raw_reply`].
+    #[error("the request head did not arrive within header_read_timeout")]
+    HeaderTimeout,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
     #[error("host not covered by the TLS certificate of this connection")]
@@ -49,7 +52,7 @@ impl ProxyError {
             ProxyError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BodyTimeout | ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
@@ -67,6 +70,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => "body_too_large",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::HeaderTimeout => "header_timeout",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::Misdirected => "misdirected",
             ProxyError::QueueFull => "queue_full",
@@ -79,6 +83,7 @@ impl ProxyError {
             | ProxyError::BodyTooLarge
             | ProxyError::UriTooLong
             | ProxyError::BodyTimeout
+            | ProxyError::HeaderTimeout
             | ProxyError::BadRequest(_)
             | ProxyError::Misdirected => Side::Client,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
@@ -101,10 +106,34 @@ impl ProxyError {
             ProxyError::Timeout => "504 Gateway Timeout\n",
             ProxyError::BodyTooLarge => "413 Payload Too Large\n",
             ProxyError::UriTooLong => "414 URI Too Long\n",
-            ProxyError::BodyTimeout => "408 Request Timeout\n",
+            ProxyError::BodyTimeout | ProxyError::HeaderTimeout => "408 Request Timeout\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
         }
+    }
+}
+
+impl ProxyError {
+    /// The whole HTTP/1.1 answer as bytes, for the one case with no request for hyper to answer
+    /// (a head that never completed); it always closes the connection.
+    pub fn raw_reply(&self, hsts: Option<&HeaderValue>) -> Box<[u8]> {
+        let status = self.status();
+        let body = self.body();
+        let mut r = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n",
+            status.as_str(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        if let Some(v) = hsts {
+            r.extend_from_slice(b"strict-transport-security: ");
+            r.extend_from_slice(v.as_bytes());
+            r.extend_from_slice(b"\r\n");
+        }
+        r.extend_from_slice(b"\r\n");
+        r.extend_from_slice(body.as_bytes());
+        r.into_boxed_slice()
     }
 }
 
@@ -151,6 +180,7 @@ mod tests {
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::UriTooLong, 414),
             (ProxyError::BodyTimeout, 408),
+            (ProxyError::HeaderTimeout, 408),
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::Misdirected, 421),
             (ProxyError::QueueFull, 503),
@@ -159,6 +189,22 @@ mod tests {
             assert_eq!(e.status().as_u16(), code, "{e}");
             assert!(e.body().starts_with(&code.to_string()));
         }
+    }
+
+    #[test]
+    fn raw_reply_is_a_complete_closing_response() {
+        let hsts = HeaderValue::from_static("max-age=60");
+        let r = ProxyError::HeaderTimeout.raw_reply(Some(&hsts));
+        let text = std::str::from_utf8(&r).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("\r\nconnection: close"));
+        assert!(head.contains("\r\nstrict-transport-security: max-age=60"));
+        assert!(head.contains(&format!("\r\ncontent-length: {}", body.len())));
+        assert_eq!(body, "408 Request Timeout\n");
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn code(e: &ProxyError) -> &'static str {
         ProxyError::NoRoute => UNIMPLEMENTED,
         ProxyError::BodyTooLarge | ProxyError::UriTooLong => RESOURCE_EXHAUSTED,
         ProxyError::BadRequest(_) => INTERNAL,
-        ProxyError::BodyTimeout => DEADLINE_EXCEEDED,
+        ProxyError::BodyTimeout | ProxyError::HeaderTimeout => DEADLINE_EXCEEDED,
         ProxyError::NoHealthyServer
         | ProxyError::QueueFull
         | ProxyError::StickyUnavailable
@@ -93,6 +93,7 @@ fn message(e: &ProxyError) -> &'static str {
         ProxyError::QueueFull => "weir: every server is at its connection limit",
         ProxyError::UriTooLong => "weir: request target too long",
         ProxyError::BodyTimeout => "weir: request body stalled",
+        ProxyError::HeaderTimeout => "weir: request head stalled",
         ProxyError::StickyUnavailable => "weir: pinned server unavailable",
         ProxyError::Connect(_) => "weir: connecting to the server failed",
         ProxyError::Upstream(_) => "weir: the server failed",

@@ -79,7 +79,10 @@ fn millis(d: std::time::Duration) -> f64 {
 }
 
 impl Finish for Done {
-    fn finish(&mut self, bytes: u64) {
+    fn finish(&mut self, bytes: u64, cut: Option<&'static str>) {
+        if let Some(reason) = cut {
+            self.reason = reason;
+        }
         let dur = self.start.elapsed();
         self.shared.metrics.in_flight.dec();
         if let (Some(pool), Some(i)) = (&self.pool, self.server) {
@@ -143,7 +146,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         upstream_connect: None,
     };
     shared.metrics.in_flight.inc();
-    done.finish(0);
+    done.finish(0, None);
 }
 
 /// Serves one client request.

@@ -90,6 +90,8 @@ struct State {
     response_headers: Vec<(String, String)>,
     connections: AtomicUsize,
     open: AtomicUsize,
+    /// Connections whose serving ended in an error (the peer went away mid-response).
+    broken: AtomicUsize,
     requests: AtomicUsize,
     health_checks: AtomicUsize,
 }
@@ -149,6 +151,7 @@ impl BackendBuilder {
             response_headers: self.response_headers,
             connections: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
+            broken: AtomicUsize::new(0),
             requests: AtomicUsize::new(0),
             health_checks: AtomicUsize::new(0),
         });
@@ -166,9 +169,12 @@ impl BackendBuilder {
                 tokio::spawn(async move {
                     let svc_st = Arc::clone(&st);
                     let svc = service_fn(move |req| handle(Arc::clone(&svc_st), req));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), svc)
                         .await;
+                    if served.is_err() {
+                        st.broken.fetch_add(1, Ordering::SeqCst);
+                    }
                     st.open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -206,6 +212,11 @@ impl Backend {
     /// TCP connections open right now (closed ones are counted once the backend sees the close).
     pub fn open(&self) -> usize {
         self.state.open.load(Ordering::SeqCst)
+    }
+
+    /// Connections that ended in an error, such as a response the peer stopped taking.
+    pub fn broken_connections(&self) -> usize {
+        self.state.broken.load(Ordering::SeqCst)
     }
 
     /// Requests received so far, health probes excluded.
