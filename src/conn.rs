@@ -30,7 +30,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+mod gate;
 mod watchdog;
+pub use gate::Gated;
 pub use watchdog::{watchdog, Expired, Timeouts};
 
 /// No ambiguous message seen.

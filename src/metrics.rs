@@ -17,8 +17,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A label value that is a shared name.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Name(pub Arc<str>);
+///
+/// prometheus-client finds a series in a `HashMap` with SipHash, several times per request; a name
+/// hashes as one precomputed word (xxh3 of its text, so equal names hash alike) instead of its
+/// bytes, which made SipHash about 2% of a small request's instructions.
+#[derive(Clone, Debug)]
+pub struct Name(Arc<str>, u64);
+
+impl Name {
+    pub fn new(s: &Arc<str>) -> Name {
+        Name(s.clone(), xxhash_rust::xxh3::xxh3_64(s.as_bytes()))
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.1 == other.1 && self.0 == other.0
+    }
+}
+
+impl Eq for Name {}
+
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.1);
+    }
+}
 
 impl EncodeLabelValue for Name {
     fn encode(&self, e: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
@@ -29,11 +53,11 @@ impl EncodeLabelValue for Name {
 
 fn dash() -> Name {
     static DASH: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
-    Name(DASH.get_or_init(|| "-".into()).clone())
+    Name::new(DASH.get_or_init(|| "-".into()))
 }
 
 fn name(s: &Arc<str>) -> Name {
-    Name(s.clone())
+    Name::new(s)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -300,7 +324,7 @@ impl Metrics {
         let c = class(status);
         self.requests
             .get_or_create(&RequestLabels {
-                listener: Name(listener.clone()),
+                listener: Name::new(listener),
                 route: route.clone(),
                 pool: pool.clone(),
                 class: c,
@@ -330,14 +354,14 @@ impl Metrics {
 
     pub fn listener(&self, l: &Arc<str>) -> ListenerLabels {
         ListenerLabels {
-            listener: Name(l.clone()),
+            listener: Name::new(l),
         }
     }
 
     pub fn server(&self, pool: &Arc<str>, server: &Arc<str>) -> ServerLabels {
         ServerLabels {
-            pool: Name(pool.clone()),
-            server: Name(server.clone()),
+            pool: Name::new(pool),
+            server: Name::new(server),
         }
     }
 

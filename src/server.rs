@@ -236,10 +236,12 @@ async fn serve_http<IO>(
         .builder
         .serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(http);
-    let watchdog = crate::conn::watchdog(&conn.state, listener.http.timeouts);
+    let watchdog = std::pin::pin!(crate::conn::watchdog(&conn.state, listener.http.timeouts));
+    let drain = std::pin::pin!(crate::listener::until_set(&mut shutdown));
     let result = tokio::select! {
+        biased;
         r = http.as_mut() => r,
-        _ = crate::listener::until_set(&mut shutdown) => {
+        _ = crate::conn::Gated::new(drain) => {
             // Closing an idle HTTP/1.1 connection at once races a request the client may be
             // sending on it (or one just accepted whose request is still on its way). First let
             // responses carry `Connection: close` (see `proxy::handle`) for a grace period, so busy
@@ -252,7 +254,7 @@ async fn serve_http<IO>(
                 }
             }
         }
-        expired = watchdog => {
+        expired = crate::conn::Gated::new(watchdog) => {
             match farewell(expired, &conn, &shared) {
                 Farewell::Close => {}
                 Farewell::Graceful => {

@@ -44,6 +44,11 @@ pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
         started: false,
     };
     let mut seen = 0;
+    // One timer for the connection's life. A later deadline leaves it where it is (it then fires
+    // early once and is moved on), so a request costs no timer update, only an earlier deadline
+    // does.
+    let sleep = tokio::time::sleep_until(opened);
+    tokio::pin!(sleep);
     loop {
         phase = next_phase(state, phase, &mut seen);
         let now = Instant::now();
@@ -53,10 +58,14 @@ pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
         }
         let send_check = stalled.unwrap_or(now) + t.send;
         let due = phase_deadline(state, phase, t);
+        let target = due.map_or(send_check, |d| d.min(send_check));
+        if sleep.is_elapsed() || target < sleep.deadline() {
+            sleep.as_mut().reset(target);
+        }
         let notified = state.wake.notified();
         tokio::select! {
             _ = notified => {}
-            _ = tokio::time::sleep_until(due.map_or(send_check, |d| d.min(send_check))) => {
+            _ = sleep.as_mut() => {
                 let mut s = seen;
                 let phase_over = due.is_some_and(|d| Instant::now() >= d);
                 if phase_over && next_phase(state, phase, &mut s) == phase {

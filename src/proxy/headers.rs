@@ -29,6 +29,12 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes hop-by-hop headers and any header that `Connection` names. `Upgrade` is removed too; the
 /// caller puts it back for a WebSocket upgrade it has decided to forward.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names (cheap comparisons for standard
+    // headers) instead of ten hashed lookups.
+    let hop = |n: &HeaderName| n == header::UPGRADE || HOP_BY_HOP.contains(n);
+    if !h.keys().any(hop) {
+        return;
+    }
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
@@ -89,10 +95,19 @@ pub fn request_id(h: &mut HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", fastrand::u128(..));
-    let v = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)).expect("hex is a valid header");
+    let v = HeaderValue::from_bytes(&hex_id(fastrand::u128(..))).expect("hex is a valid header");
     h.insert(X_REQUEST_ID, v.clone());
     v
+}
+
+/// 32 lowercase hex digits, written without the formatting machinery (this runs per request).
+fn hex_id(n: u128) -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 pub fn apply(ops: &HeaderOps, h: &mut HeaderMap) {
@@ -122,6 +137,18 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_like_format() {
+        for n in [
+            0u128,
+            1,
+            u128::MAX,
+            0x0123_4567_89ab_cdef_0011_2233_4455_6677,
+        ] {
+            assert_eq!(hex_id(n), format!("{n:032x}").as_bytes());
+        }
     }
 
     #[test]
