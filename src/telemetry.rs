@@ -12,10 +12,24 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 const ACCESS: &str = "weir::access";
 
+/// The log filter from a RUST_LOG-style spec. rustls logs a WARN line per handshake for client
+/// quirks that are no fault of weir's (an IP address sent as SNI, as wrk and some libraries do):
+/// any client could flood the log that way, one line per connection, so rustls is held to errors
+/// unless the spec names it.
+fn log_filter(spec: &str) -> EnvFilter {
+    let filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    if spec.contains("rustls") {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    }
+}
+
 pub fn init(level: &str, format: LogFormat, access_log: Option<&Path>) -> std::io::Result<()> {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let spec = std::env::var("RUST_LOG").unwrap_or_else(|_| level.to_string());
+    let filter = log_filter(&spec);
     let ansi = std::io::stderr().is_terminal();
     let Some(path) = access_log else {
         let builder = tracing_subscriber::fmt()
@@ -100,5 +114,16 @@ mod tests {
         assert_eq!(super::panic_message(&*e), "boom 1");
         let e = std::panic::catch_unwind(|| panic!("static")).unwrap_err();
         assert_eq!(super::panic_message(&*e), "static");
+    }
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_named() {
+        let f = super::log_filter("warn").to_string();
+        assert!(f.contains("rustls=error"), "{f}");
+        let f = super::log_filter("info,rustls=debug").to_string();
+        assert!(
+            f.contains("rustls=debug") && !f.contains("rustls=error"),
+            "{f}"
+        );
     }
 }
