@@ -148,6 +148,38 @@ pub async fn serve(
         let io = Tap::new(tcp, state.clone(), max_head);
         return serve_http(io, conn(None), shared, shutdown).await;
     };
+    // Boxed: the TLS half of this future (rustls state, the handshake) is large, and an unboxed
+    // branch would make every plain-HTTP connection's task that large too.
+    let tls = Tls {
+        tcp,
+        peer,
+        config: tls,
+        state: state.clone(),
+    };
+    Box::pin(serve_tls(tls, conn, listener.clone(), shared, shutdown)).await
+}
+
+/// A TCP connection on a TLS listener, before its handshake.
+struct Tls<'a> {
+    tcp: SendWatch<TcpStream>,
+    peer: SocketAddr,
+    config: &'a crate::tls::ServerTls,
+    state: Arc<ConnState>,
+}
+
+async fn serve_tls(
+    Tls {
+        tcp,
+        peer,
+        config: tls,
+        state,
+    }: Tls<'_>,
+    conn: impl Fn(Option<TlsInfo>) -> Arc<ConnInfo>,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let max_head = listener.http.max_head;
     let Some(stream) = handshake(tcp, peer, &listener, tls, &shared).await else {
         return;
     };
