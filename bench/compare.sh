@@ -725,7 +725,7 @@ python3 "$BENCH_DIR/aggregate.py" "$RAW" "$RESULTS_DIR/latest.csv" "$RESULTS_DIR
   --meta "command: \`$cmd\`" \
   --meta "machine: $(nproc) CPUs, $cpu_model, kernel $(uname -r)" \
   --meta "versions: $WEIR_VERSION; $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'); $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'); $(h2load --version | head -1)" \
-  --meta "workers: $WORKERS per proxy (nginx worker_processes, HAProxy nbthread, weir TOKIO_WORKER_THREADS); upstream: nginx, 1 worker" \
+  --meta "workers: $WORKERS per proxy (nginx worker_processes, HAProxy nbthread, weir --workers (WEIR_WORKERS)); upstream: nginx, 1 worker" \
   --meta "pinning: $pin_desc" \
   --meta "load average (1/5/15 min) when the runs started: $LOADAVG_START; when they ended: $(cut -d' ' -f1-3 /proc/loadavg) (the bench itself keeps about 2-3 runnable; much more means other work shared the CPUs)" \
   --meta "load: wrk -t$WRK_THREADS, ${DUR_S}s per run, $ROUNDS round(s) interleaved; 1 MiB with $BIG_CONNS connections; h2load -m$H2_STREAMS"
