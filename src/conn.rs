@@ -50,6 +50,9 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// Armed by the watchdog while idle; the tap disarms it on the next read and wakes the watchdog.
     read_armed: AtomicBool,
+    /// Set by the framing tap while the bytes it has seen end inside a request head: a head
+    /// pipelined behind a request (in the same read) that has not arrived whole.
+    pub head_pending: AtomicBool,
     wake: Notify,
     /// The origin of the stamps below, which are nanoseconds after it plus one (0: none).
     opened: Instant,
@@ -74,6 +77,7 @@ impl Default for ConnState {
             requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             read_armed: AtomicBool::new(false),
+            head_pending: AtomicBool::new(false),
             wake: Notify::new(),
             opened: Instant::now(),
             blocked_at: AtomicU64::new(0),

@@ -475,7 +475,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<IO> {
                     this.scan = None;
                 }
                 if let Some(scan) = &mut this.scan {
-                    if let Err(bad) = scan.feed(data) {
+                    let fed = scan.feed(data);
+                    let pending = scan.in_head() && scan.head_len > 0;
+                    this.state.head_pending.store(pending, Relaxed);
+                    if let Err(bad) = fed {
                         match bad {
                             Some(index) => this.state.flag(index),
                             None => this.state.h2.store(true, Relaxed),

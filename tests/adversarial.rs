@@ -583,6 +583,16 @@ async fn slowloris_and_silent_clients_are_cut_off() {
     ka.send(b"GET /second HTTP/1.1\r\nHo").await;
     assert_eq!(ka.response(false).await.status, 408);
     assert!(ka.closed_within(Duration::from_secs(5)).await);
+    // The same unfinished head pipelined behind a complete request in one write: no later read
+    // starts its clock, yet it gets header_read_timeout (not idle_timeout, 60s here).
+    let mut piped = RawConn::connect(weir.addr()).await;
+    piped
+        .send(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\nGET /second HTTP/1.1\r\nHo")
+        .await;
+    assert_eq!(piped.response(false).await.status, 200);
+    let r = piped.response_within(Duration::from_secs(10), false).await;
+    assert_eq!(r.status, 408, "pipelined partial head: {:?}", r.text());
+    assert!(piped.closed_within(Duration::from_secs(5)).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,9 +96,17 @@ fn next_phase(state: &ConnState, phase: Phase, seen: &mut u64) -> Phase {
         return Phase::Busy;
     }
     if phase == Phase::Busy || requests != *seen {
-        // A request finished: idle from now until the next head starts.
+        // A request finished: idle from now until the next head starts, or, when part of the
+        // next head already came with this one (pipelined in the same read, so no later read
+        // will start its clock), that head's time starts now.
         *seen = requests;
         state.read_armed.store(true, Relaxed);
+        if state.head_pending.load(Relaxed) && !state.h2.load(Relaxed) {
+            return Phase::Head {
+                since: now,
+                started: true,
+            };
+        }
         return Phase::Idle { since: now };
     }
     let read = !state.read_armed.load(Relaxed);
