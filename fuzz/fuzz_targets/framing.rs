@@ -8,10 +8,10 @@
 use libfuzzer_sys::fuzz_target;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weir::conn::ConnState;
 use weir::framing::Tap;
 
 /// Hands out `data` in reads of the given sizes.
@@ -39,15 +39,31 @@ impl AsyncRead for Chunks<'_> {
     }
 }
 
+/// The tap also writes (its 408 reply); these bytes go nowhere.
+impl AsyncWrite for Chunks<'_> {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(b.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
 fn flagged(data: &[u8], sizes: Vec<usize>) -> bool {
-    let flag = Arc::new(AtomicBool::new(false));
+    let state = Arc::new(ConnState::default());
     let mut tap = Tap::new(
         Chunks {
             data,
             sizes,
             next: 0,
         },
-        flag.clone(),
+        state.clone(),
+        64 * 1024,
     );
     let mut cx = Context::from_waker(Waker::noop());
     let mut mem = [0u8; 4096];
@@ -59,7 +75,8 @@ fn flagged(data: &[u8], sizes: Vec<usize>) -> bool {
             other => panic!("unexpected {other:?}"),
         }
     }
-    flag.load(Relaxed)
+    // Any message flagged: the verdict names the first bad one, whatever its index.
+    state.is_bad(u64::MAX - 1)
 }
 
 // The first byte seeds the read sizes (1..=64 bytes, cycled); the rest is what the client sends, so
