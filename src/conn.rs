@@ -33,7 +33,7 @@ use tokio::time::Instant;
 mod gate;
 mod watchdog;
 pub use gate::Gated;
-pub use watchdog::{watchdog, Expired, Timeouts};
+pub use watchdog::{watchdog, Expired, Start, Timeouts};
 
 /// No ambiguous message seen.
 const CLEAN: u64 = u64::MAX;
@@ -53,6 +53,12 @@ pub struct ConnState {
     /// Set by the framing tap while the bytes it has seen end inside a request head: a head
     /// pipelined behind a request (in the same read) that has not arrived whole.
     pub head_pending: AtomicBool,
+    /// Set by the tap: the number of whole messages it has seen while the bytes end exactly at a
+    /// message boundary ([`CLEAN`] when they end inside one, or it stopped looking).
+    boundary: AtomicU64,
+    /// Set by the tap: the last thing asked of the write side was a flush, and it finished (hyper
+    /// flushes only once its own write buffer is empty).
+    flushed: AtomicBool,
     wake: Notify,
     /// The origin of the stamps below, which are nanoseconds after it plus one (0: none).
     opened: Instant,
@@ -78,6 +84,8 @@ impl Default for ConnState {
             in_flight: AtomicUsize::new(0),
             read_armed: AtomicBool::new(false),
             head_pending: AtomicBool::new(false),
+            boundary: AtomicU64::new(0),
+            flushed: AtomicBool::new(true),
             wake: Notify::new(),
             opened: Instant::now(),
             blocked_at: AtomicU64::new(0),
@@ -205,6 +213,32 @@ impl ConnState {
         self.blocked_at.load(Relaxed) == 0 && self.reply.set(reply).is_ok()
     }
 
+    /// Called by the tap after each read it scanned: `Some(n)` when the bytes so far end right
+    /// after message `n - 1`, `None` when they end inside a message (or the scan stopped).
+    pub fn on_scanned(&self, boundary: Option<u64>) {
+        self.boundary.store(boundary.unwrap_or(CLEAN), Relaxed);
+    }
+
+    /// Called by the tap on each write (false) and each finished flush (true).
+    pub fn on_flush(&self, done: bool) {
+        self.flushed.store(done, Relaxed);
+    }
+
+    /// Whether hyper's HTTP/1 state can be dropped and rebuilt later without losing a byte either
+    /// way: no request is being served, every byte read belongs to a request already handed over
+    /// (and served), every response byte left hyper's buffer, and nothing else owns the
+    /// connection (an upgrade, HTTP/2, a reply of the tap's, an ambiguous message).
+    pub fn parkable(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0
+            && self.boundary.load(Relaxed) == self.requests.load(Relaxed)
+            && self.flushed.load(Relaxed)
+            && self.blocked_at.load(Relaxed) == 0
+            && !self.upgraded.load(Relaxed)
+            && !self.h2.load(Relaxed)
+            && self.bad_from.load(Relaxed) == CLEAN
+            && self.reply.get().is_none()
+    }
+
     /// The reply set by [`ConnState::answer`], for the tap.
     pub fn reply(&self) -> Option<&[u8]> {
         self.reply.get().map(|r| &**r)
@@ -221,6 +255,10 @@ pub struct SendWatch<IO> {
 impl<IO> SendWatch<IO> {
     pub fn new(io: IO, state: Arc<ConnState>) -> Self {
         SendWatch { io, state }
+    }
+
+    pub fn get_ref(&self) -> &IO {
+        &self.io
     }
 
     fn seen(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {

@@ -50,6 +50,10 @@ impl<IO> Tap<IO> {
         }
     }
 
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
     /// Only reports reads to the watchdog (HTTP/2 by ALPN has no framing ambiguity to look for).
     pub fn passive(io: IO, state: Arc<ConnState>) -> Self {
         Tap {
@@ -478,12 +482,15 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tap<IO> {
                     let fed = scan.feed(data);
                     let pending = scan.in_head() && scan.head_len > 0;
                     this.state.head_pending.store(pending, Relaxed);
+                    this.state
+                        .on_scanned((scan.st == St::Start).then_some(scan.index));
                     if let Err(bad) = fed {
                         match bad {
                             Some(index) => this.state.flag(index),
                             None => this.state.h2.store(true, Relaxed),
                         }
                         this.scan = None;
+                        this.state.on_scanned(None);
                     }
                 }
             }
@@ -498,6 +505,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.state.on_flush(false);
         Pin::new(&mut self.io).poll_write(cx, data)
     }
 
@@ -506,6 +514,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.state.on_flush(false);
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
@@ -514,7 +523,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tap<IO> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.state.on_flush(matches!(r, Poll::Ready(Ok(()))));
+        r
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

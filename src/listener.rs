@@ -328,15 +328,15 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let gauge = m.connections.get_or_create(&labels).clone();
     ctx.open.fetch_add(1, Relaxed);
     gauge.inc();
-    // Guards, not statements after `serve`: a panic in the task must still release the counts.
     let open = Open(ctx.open.clone(), gauge);
     let guard = ctx.tracker.enter();
     let shared = ctx.shared.clone();
     let drain = ctx.drain.clone();
-    tokio::spawn(async move {
-        let _guards = (guard, slot, open);
-        crate::server::serve(tcp, peer, listener, shared, drain).await;
-    });
+    // Guards, not statements after `serve`: a panic in the task must still release the counts.
+    let guards = (guard, slot, open);
+    tokio::spawn(crate::server::serve(
+        tcp, peer, listener, shared, drain, guards,
+    ));
 }
 
 /// One open connection in the listener's count and gauge.

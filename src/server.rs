@@ -8,21 +8,28 @@
 //! send buffer, and PING keep-alive. h2 also bounds CONTINUATION floods by the header list size.
 //! The header-read, idle and send timers are weir's own ([`crate::conn::watchdog`]).
 
+mod idle;
+
 use crate::config::ListenerLimits;
-use crate::conn::{ConnState, Expired, SendWatch, Timeouts};
+use crate::conn::{ConnState, Expired, SendWatch, Start, Timeouts};
 use crate::framing::Tap;
 use crate::proxy::{self, ConnInfo, TlsInfo};
 use crate::runtime::{ListenerRuntime, Shared};
-use hyper::service::service_fn;
+use bytes::Bytes;
+use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use idle::{Prefixed, Socket, Speaks};
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// How long a draining connection keeps being served (with `Connection: close` on HTTP/1.1
 /// responses) before an idle one is closed.
@@ -30,7 +37,8 @@ pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The HTTP server settings of one listener, built once per reload.
 pub struct Http {
-    builder: auto::Builder<TokioExecutor>,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
     timeouts: Timeouts,
     max_head: usize,
 }
@@ -44,16 +52,15 @@ const H2_SEND_BUFFER: usize = 256 * 1024;
 
 impl Http {
     pub fn new(limits: &ListenerLimits) -> Http {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(None)
             .max_buf_size(limits.max_header_size)
             .max_headers(limits.max_headers)
             .keep_alive(true)
             .half_close(false);
-        b.http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.http2_max_concurrent_streams)
             .max_header_list_size(limits.max_header_size as u32)
             .max_frame_size(limits.http2_max_frame_size)
@@ -64,7 +71,8 @@ impl Http {
             .keep_alive_timeout(std::time::Duration::from_secs(20))
             .enable_connect_protocol();
         Http {
-            builder: b,
+            h1,
+            h2,
             timeouts: Timeouts {
                 header_read: limits.header_read_timeout,
                 idle: limits.idle_timeout,
@@ -93,7 +101,7 @@ enum Farewell {
 fn farewell(expired: Expired, conn: &ConnInfo, shared: &Arc<Shared>) -> Farewell {
     let (peer, listener) = (conn.peer, &conn.listener.name);
     match expired {
-        Expired::Idle => {
+        Expired::Idle | Expired::Park { .. } => {
             tracing::debug!(%peer, %listener, "idle timeout");
             Farewell::Graceful
         }
@@ -125,62 +133,92 @@ fn farewell(expired: Expired, conn: &ConnInfo, shared: &Arc<Shared>) -> Farewell
     }
 }
 
-/// Serves one accepted TCP connection until it closes or a drain finishes it.
-pub async fn serve(
+/// The parts of one client connection, kept together on the heap for its whole life. An async
+/// fn keeps every argument for as long as it runs, and a value moved into the next one is kept
+/// again; passing this box down instead keeps an idle connection's task small.
+struct Client<IO> {
+    /// `None` while hyper holds it.
+    io: Option<Prefixed<IO>>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// A connection as accepted.
+enum Accepted {
+    Plain(Box<Client<Tap<SendWatch<TcpStream>>>>),
+    Tls(Box<Tls>),
+}
+
+/// A TCP connection on a TLS listener, before its handshake.
+struct Tls {
+    tcp: SendWatch<TcpStream>,
+    peer: SocketAddr,
+    listener: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    state: Arc<ConnState>,
+}
+
+/// Serves one accepted TCP connection until it closes or a drain finishes it; `guards` are
+/// dropped with it. The parts are put together here, outside any async fn, so that each is
+/// kept once.
+pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
-) {
+    guards: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static {
     let state = Arc::new(ConnState::default());
-    let conn = |tls| {
-        Arc::new(ConnInfo {
-            peer,
-            listener: listener.clone(),
-            tls,
-            state: state.clone(),
-        })
-    };
-    let max_head = listener.http.max_head;
     let tcp = SendWatch::new(tcp, state.clone());
-    let Some(tls) = &listener.tls else {
-        let io = Tap::new(tcp, state.clone(), max_head);
-        return serve_http(io, conn(None), shared, shutdown).await;
+    let accepted = if listener.tls.is_none() {
+        let io = Tap::new(tcp, state.clone(), listener.http.max_head);
+        Accepted::Plain(Box::new(Client {
+            io: Some(Prefixed::new(io, Bytes::new())),
+            conn: Arc::new(ConnInfo {
+                peer,
+                listener,
+                tls: None,
+                state,
+            }),
+            shared,
+            shutdown,
+        }))
+    } else {
+        Accepted::Tls(Box::new(Tls {
+            tcp,
+            peer,
+            listener,
+            shared,
+            shutdown,
+            state,
+        }))
     };
-    // Boxed: the TLS half of this future (rustls state, the handshake) is large, and an unboxed
-    // branch would make every plain-HTTP connection's task that large too.
-    let tls = Tls {
-        tcp,
-        peer,
-        config: tls,
-        state: state.clone(),
-    };
-    Box::pin(serve_tls(tls, conn, listener.clone(), shared, shutdown)).await
+    serve_accepted(accepted, guards)
 }
 
-/// A TCP connection on a TLS listener, before its handshake.
-struct Tls<'a> {
-    tcp: SendWatch<TcpStream>,
-    peer: SocketAddr,
-    config: &'a crate::tls::ServerTls,
-    state: Arc<ConnState>,
+async fn serve_accepted(accepted: Accepted, _guards: impl Send) {
+    match accepted {
+        Accepted::Plain(client) => serve_http(client).await,
+        // Boxed: the TLS half (rustls state, the handshake) is large, and an unboxed branch would
+        // make every plain-HTTP connection's task that large too.
+        Accepted::Tls(tls) => boxed(serve_tls(tls)).await,
+    }
 }
 
-async fn serve_tls(
-    Tls {
+async fn serve_tls(t: Box<Tls>) {
+    let Tls {
         tcp,
         peer,
-        config: tls,
+        listener,
+        shared,
+        shutdown,
         state,
-    }: Tls<'_>,
-    conn: impl Fn(Option<TlsInfo>) -> Arc<ConnInfo>,
-    listener: Arc<ListenerRuntime>,
-    shared: Arc<Shared>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let max_head = listener.http.max_head;
-    let Some(stream) = handshake(tcp, peer, &listener, tls, &shared).await else {
+    } = *t;
+    let Some(config) = &listener.tls else { return };
+    let Some(stream) = handshake(tcp, peer, &listener, config, &shared).await else {
         return;
     };
     let (_, sc) = stream.get_ref();
@@ -200,14 +238,24 @@ async fn serve_tls(
         },
     };
     // HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity to watch for.
-    if info.alpn.as_deref() == Some("h2") {
+    let io = if info.alpn.as_deref() == Some("h2") {
         state.h2.store(true, Relaxed);
-        let io = Tap::passive(stream, state.clone());
-        serve_http(io, conn(Some(info)), shared, shutdown).await
+        Tap::passive(stream, state.clone())
     } else {
-        let io = Tap::new(stream, state.clone(), max_head);
-        serve_http(io, conn(Some(info)), shared, shutdown).await
-    }
+        Tap::new(stream, state.clone(), listener.http.max_head)
+    };
+    let client = Box::new(Client {
+        io: Some(Prefixed::new(io, Bytes::new())),
+        conn: Arc::new(ConnInfo {
+            peer,
+            listener: listener.clone(),
+            tls: Some(info),
+            state,
+        }),
+        shared,
+        shutdown,
+    });
+    serve_http(client).await
 }
 
 /// The TLS handshake, bounded by the listener's `handshake_timeout` so a silent client cannot hold a
@@ -241,79 +289,321 @@ async fn handshake(
     stream
 }
 
-async fn serve_http<IO>(
-    io: IO,
+/// Everything that is not a parked HTTP/1.1 connection is boxed here, so that what an idle
+/// connection's task holds is its wait alone.
+async fn serve_http<IO>(mut c: Box<Client<IO>>)
+where
+    IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+{
+    let opened = Instant::now();
+    // HTTP/2 by ALPN is known already; otherwise the first bytes tell (h2c with prior knowledge).
+    let started = !c.conn.state.h2.load(Relaxed);
+    if started {
+        let deadline = opened + c.conn.listener.http.timeouts.header_read;
+        match boxed(first_bytes(&mut c, deadline)).await {
+            Speaks::Http1 => return serve_h1(c, opened).await,
+            Speaks::Http2 => {}
+            // Nothing was asked: a silent close, as nginx and HAProxy do for an idle pre-request socket.
+            Speaks::Nothing => return,
+        }
+    }
+    let start = Start::Head {
+        at: opened,
+        started,
+    };
+    boxed(serve_h2(c, start)).await
+}
+
+/// The connection's first bytes, read within the first head's deadline (or a drain's grace).
+async fn first_bytes<IO: AsyncRead + Unpin>(c: &mut Client<IO>, deadline: Instant) -> Speaks {
+    let Some(io) = c.io.as_mut() else {
+        return Speaks::Nothing;
+    };
+    tokio::select! {
+        r = tokio::time::timeout_at(deadline, idle::sniff(io)) => r.unwrap_or(Speaks::Nothing),
+        _ = drained(&mut c.shutdown) => Speaks::Nothing,
+    }
+}
+
+async fn serve_h2<IO>(mut c: Box<Client<IO>>, start: Start)
+where
+    IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+{
+    let Some(io) = c.io.take() else { return };
+    let Client {
+        conn,
+        shared,
+        shutdown,
+        ..
+    } = &mut *c;
+    let service = service(conn, shared);
+    let mut http = Box::pin(
+        conn.listener
+            .http
+            .h2
+            .serve_connection(TokioIo::new(io), service),
+    );
+    let shut = |h: &mut Pin<Box<http2::Connection<_, _, _>>>| h.as_mut().graceful_shutdown();
+    run(&mut http, shut, conn, shared, shutdown, start, Park::Never).await;
+}
+
+/// A future on the heap. A sync function, so the future is built straight into its box: built
+/// inline in an async fn (`Box::pin(f(..)).await`), it could also take its size in the caller's
+/// state, which is what boxing it is meant to avoid.
+fn boxed<'a, T>(
+    f: impl Future<Output = T> + Send + 'a,
+) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
+    Box::pin(f)
+}
+
+/// When an idle HTTP/1.1 connection gives up hyper's state.
+///
+/// A connection parks as soon as it goes idle, until its client shows it sends again quickly (it
+/// came back within [`PARK_AFTER`] of a park): from then on, it parks only after sitting idle
+/// that long. So a client that goes quiet after its requests (most idle keep-alive connections)
+/// costs a few hundred bytes at once, and a busy one pays for one rebuild (~1-2 µs), not one per
+/// request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Park {
+    Never,
+    Now,
+    After(std::time::Duration),
+}
+
+/// How long a connection that has shown it comes back quickly sits idle before it parks.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Serves HTTP/1.1 requests, parking the connection whenever it sits idle.
+async fn serve_h1<IO>(mut c: Box<Client<IO>>, opened: Instant)
+where
+    IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+{
+    let mut start = Start::Head {
+        at: opened,
+        started: true,
+    };
+    let mut park = Park::Now;
+    loop {
+        let Some(io) = c.io.take() else { return };
+        let Client {
+            conn,
+            shared,
+            shutdown,
+            ..
+        } = &mut *c;
+        // Boxed: while parked, only the wait below is left of this connection's task.
+        let active = boxed(serve_until_idle(io, conn, shared, shutdown, start, park));
+        let Some((io, since)) = active.await else {
+            return;
+        };
+        let idle_until = since + c.conn.listener.http.timeouts.idle;
+        // Bytes hyper held can only be blank lines before a head (a whole message would have been
+        // handed over), so hyper needs more from the socket either way.
+        let io = &*c.io.insert(io);
+        if !wait_for_client(io, idle_until, &mut c.shutdown).await {
+            tracing::debug!(peer = %c.conn.peer, listener = %c.conn.listener.name, "idle timeout");
+            return;
+        }
+        if since.elapsed() < PARK_AFTER {
+            park = Park::After(PARK_AFTER);
+        }
+        start = Start::Head {
+            at: Instant::now(),
+            started: true,
+        };
+    }
+}
+
+/// One hyper HTTP/1.1 connection over `io`, until the connection ends (`None`) or goes idle in a
+/// state it can be rebuilt from, as `park` says: then the socket, with any bytes hyper had read
+/// but not used, and the instant it went idle.
+async fn serve_until_idle<IO>(
+    io: Prefixed<IO>,
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    start: Start,
+    park: Park,
+) -> Option<(Prefixed<IO>, Instant)>
+where
+    IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
+{
+    let mut http = conn
+        .listener
+        .http
+        .h1
+        .serve_connection(TokioIo::new(io), service(conn, shared))
+        .with_upgrades();
+    let shut = |h: &mut http1::UpgradeableConnection<_, _>| Pin::new(h).graceful_shutdown();
+    let since = run(&mut http, shut, conn, shared, shutdown, start, park).await?;
+    let parts = http.into_parts()?;
+    let mut io = parts.io.into_inner();
+    io.unread(parts.read_buf);
+    Some((io, since))
+}
+
+/// Waits for a parked connection's client to send again: false when it should be closed instead
+/// (`idle_timeout`, or a drain's grace period passed). One timer for both, and the socket's
+/// readiness polled in place: this is all an idle connection's task holds.
+async fn wait_for_client(
+    io: &impl Socket,
+    idle_until: Instant,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let grace = |until: Instant| until.min(Instant::now() + DRAIN_GRACE);
+    let mut draining = *shutdown.borrow();
+    let first = if draining {
+        grace(idle_until)
+    } else {
+        idle_until
+    };
+    let mut sleep = std::pin::pin!(tokio::time::sleep_until(first));
+    let mut drain = std::pin::pin!(crate::listener::until_set(shutdown));
+    std::future::poll_fn(|cx| {
+        if io.tcp().poll_read_ready(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        if !draining && drain.as_mut().poll(cx).is_ready() {
+            draining = true;
+            let until = grace(sleep.deadline());
+            sleep.as_mut().reset(until);
+        }
+        sleep.as_mut().poll(cx).map(|()| false)
+    })
+    .await
+}
+
+/// Resolves [`DRAIN_GRACE`] after a drain began.
+async fn drained(shutdown: &mut watch::Receiver<bool>) {
+    crate::listener::until_set(shutdown).await;
+    tokio::time::sleep(DRAIN_GRACE).await;
+}
+
+/// The service hyper calls for each request on a connection.
+fn service(conn: &Arc<ConnInfo>, shared: &Arc<Shared>) -> Service {
+    Service {
+        conn: conn.clone(),
+        shared: shared.clone(),
+    }
+}
+
+#[derive(Clone)]
+struct Service {
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let listener = conn.listener.clone();
-    let svc_conn = conn.clone();
-    let svc_shared = shared.clone();
-    // hyper keeps one allocation the size of the service future for the connection's whole life,
-    // idle or not; boxing the (large) request future per request instead keeps an idle keep-alive
-    // connection small.
-    let service = service_fn(move |req| {
-        let conn = svc_conn.clone();
-        let shared = svc_shared.clone();
+}
+
+type Response = hyper::Response<proxy::body::ResponseBody>;
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service {
+    type Response = Response;
+    type Error = Infallible;
+    // Boxed: hyper keeps one allocation the size of the service future for the connection's
+    // whole life, idle or not; boxing the (large) request future per request instead keeps an
+    // idle keep-alive connection small.
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let conn = self.conn.clone();
+        let shared = self.shared.clone();
         // Counted from the moment hyper hands the request over until its response body is gone.
         let busy = conn.state.enter();
-        let fut = Box::pin(async move { proxy::handle(req, &conn, &shared, busy).await });
-        async move { Ok::<_, Infallible>(fut.await) }
-    });
-    let http = listener
-        .http
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(http);
-    let watchdog = std::pin::pin!(crate::conn::watchdog(&conn.state, listener.http.timeouts));
-    let drain = std::pin::pin!(crate::listener::until_set(&mut shutdown));
-    let result = tokio::select! {
-        biased;
-        r = http.as_mut() => r,
-        _ = crate::conn::Gated::new(drain) => {
-            // Closing an idle HTTP/1.1 connection at once races a request the client may be
-            // sending on it (or one just accepted whose request is still on its way). First let
-            // responses carry `Connection: close` (see `proxy::handle`) for a grace period, so busy
-            // clients move on by themselves; only then close what is left (HTTP/2 gets GOAWAY).
-            tokio::select! {
-                r = http.as_mut() => r,
-                _ = tokio::time::sleep(DRAIN_GRACE) => {
-                    http.as_mut().graceful_shutdown();
-                    http.await
+        Box::pin(async move { Ok(proxy::handle(req, &conn, &shared, busy).await) })
+    }
+}
+
+/// Drives a hyper connection (`shut` starts its graceful shutdown) beside the drain signal and
+/// the watchdog, until it ends (`None`) or goes idle, as `park` says, in a state it can be parked
+/// in: then the instant it went idle.
+async fn run<F>(
+    http: &mut F,
+    shut: impl Fn(&mut F),
+    conn: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    shutdown: &mut watch::Receiver<bool>,
+    mut start: Start,
+    mut park: Park,
+) -> Option<Instant>
+where
+    F: Future<Output = hyper::Result<()>> + Unpin,
+{
+    let timeouts = conn.listener.http.timeouts;
+    let result = loop {
+        let park_after = match park {
+            Park::After(d) => Some(d),
+            _ => None,
+        };
+        let watchdog = std::pin::pin!(crate::conn::watchdog(
+            &conn.state,
+            timeouts,
+            start,
+            park_after
+        ));
+        // hyper, or `None` as soon as it waits in a state the connection can park in.
+        let served = std::future::poll_fn(|cx| match Pin::new(&mut *http).poll(cx) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending if park == Park::Now && conn.state.parkable() => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        });
+        let drain = std::pin::pin!(crate::listener::until_set(shutdown));
+        tokio::select! {
+            biased;
+            r = served => match r {
+                Some(r) => break r,
+                None => return Some(Instant::now()),
+            },
+            _ = crate::conn::Gated::new(drain) => {
+                // Closing an idle HTTP/1.1 connection at once races a request the client may be
+                // sending on it (or one just accepted whose request is still on its way). First let
+                // responses carry `Connection: close` (see `proxy::handle`) for a grace period, so busy
+                // clients move on by themselves; only then close what is left (HTTP/2 gets GOAWAY).
+                tokio::select! {
+                    r = &mut *http => break r,
+                    _ = tokio::time::sleep(DRAIN_GRACE) => {
+                        shut(http);
+                        break http.await;
+                    }
                 }
             }
-        }
-        expired = crate::conn::Gated::new(watchdog) => {
-            match farewell(expired, &conn, &shared) {
-                Farewell::Close => {}
-                Farewell::Graceful => {
-                    http.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(GOODBYE, http).await;
+            expired = crate::conn::Gated::new(watchdog) => {
+                if let Expired::Park { since } = expired {
+                    if conn.state.parkable() {
+                        return Some(since);
+                    }
+                    // Not now (a response still in the socket, say); not again on this one.
+                    (start, park) = (Start::Idle { since }, Park::Never);
+                    continue;
                 }
-                Farewell::Reply => {
-                    let _ = tokio::time::timeout(GOODBYE, http).await;
+                match farewell(expired, conn, shared) {
+                    Farewell::Close => {}
+                    Farewell::Graceful => {
+                        shut(http);
+                        let _ = tokio::time::timeout(GOODBYE, http).await;
+                    }
+                    Farewell::Reply => {
+                        let _ = tokio::time::timeout(GOODBYE, http).await;
+                    }
                 }
+                return None; // dropping the connection closes it
             }
-            return; // dropping the connection closes it
         }
     };
     if let Err(e) = result {
-        // hyper answers unparsable heads itself (400, or 431 when too large); log them like any
-        // other request weir refused, so no limit fails silently.
-        match e.downcast_ref::<hyper::Error>() {
-            // hyper's kinds are private; its message tells a long URI (414) from a large head.
-            Some(he) if he.is_parse_too_large() && he.to_string().contains("URI too long") => {
-                proxy::log_refused(&conn, &shared, 414, "uri_too_long")
-            }
-            Some(he) if he.is_parse_too_large() => {
-                proxy::log_refused(&conn, &shared, 431, "header_too_large")
-            }
-            Some(he) if he.is_parse() => proxy::log_refused(&conn, &shared, 400, "bad_request"),
-            _ => {}
-        }
-        tracing::debug!(peer = %conn.peer, listener = %listener.name, error = %e, "connection ended with an error");
+        log_error(&e, conn, shared);
     }
+    None
+}
+
+/// hyper answers unparsable heads itself (400, or 431 when too large); they are logged like any
+/// other request weir refused, so no limit fails silently.
+fn log_error(e: &hyper::Error, conn: &ConnInfo, shared: &Arc<Shared>) {
+    // hyper's kinds are private; its message tells a long URI (414) from a large head.
+    if e.is_parse_too_large() && e.to_string().contains("URI too long") {
+        proxy::log_refused(conn, shared, 414, "uri_too_long")
+    } else if e.is_parse_too_large() {
+        proxy::log_refused(conn, shared, 431, "header_too_large")
+    } else if e.is_parse() {
+        proxy::log_refused(conn, shared, 400, "bad_request")
+    }
+    tracing::debug!(peer = %conn.peer, listener = %conn.listener.name, error = %e, "connection ended with an error");
 }

@@ -23,6 +23,18 @@ pub enum Expired {
     Head { started: bool },
     /// The client took none of the response bytes weir had ready for `send_timeout`.
     Send,
+    /// Idle (no request in flight, no byte read) since `since`, for the `park_after` asked for:
+    /// the connection's HTTP state may be set aside until the client sends again.
+    Park { since: Instant },
+}
+
+/// Where a watchdog starts: a connection's first head, or a later one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Start {
+    /// Just opened: the first head's clock runs from `at`; `started` once a byte of it came.
+    Head { at: Instant, started: bool },
+    /// Idle since `since` with no byte read since (a park that did not happen).
+    Idle { since: Instant },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,18 +48,29 @@ enum Phase {
 /// responses, for too long. The send check runs whatever the phase (a response may still sit in
 /// a full socket after its body is done), re-armed every `send_timeout` while nothing is stalled:
 /// one timer per period, no work per write.
-pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
-    let opened = Instant::now();
-    state.read_armed.store(true, Relaxed);
-    let mut phase = Phase::Head {
-        since: opened,
-        started: false,
+///
+/// With `park_after`, it also resolves ([`Expired::Park`]) once the connection has been idle that
+/// long; the caller then either parks it or starts a new watchdog without `park_after`.
+pub async fn watchdog(
+    state: &ConnState,
+    t: Timeouts,
+    start: Start,
+    park_after: Option<Duration>,
+) -> Expired {
+    let (mut phase, at) = match start {
+        Start::Head { at, started } => {
+            if !started {
+                state.read_armed.store(true, Relaxed);
+            }
+            (Phase::Head { since: at, started }, at)
+        }
+        Start::Idle { since } => (Phase::Idle { since }, since),
     };
-    let mut seen = 0;
+    let mut seen = state.requests.load(Relaxed);
     // One timer for the connection's life. A later deadline leaves it where it is (it then fires
     // early once and is moved on), so a request costs no timer update, only an earlier deadline
     // does.
-    let sleep = tokio::time::sleep_until(opened);
+    let sleep = tokio::time::sleep_until(at);
     tokio::pin!(sleep);
     loop {
         phase = next_phase(state, phase, &mut seen);
@@ -58,7 +81,14 @@ pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
         }
         let send_check = stalled.unwrap_or(now) + t.send;
         let due = phase_deadline(state, phase, t);
-        let target = due.map_or(send_check, |d| d.min(send_check));
+        let park = match (phase, park_after) {
+            (Phase::Idle { since }, Some(after)) => Some(since + after),
+            _ => None,
+        };
+        let target = [due, park]
+            .into_iter()
+            .flatten()
+            .fold(send_check, Instant::min);
         if sleep.is_elapsed() || target < sleep.deadline() {
             sleep.as_mut().reset(target);
         }
@@ -67,12 +97,20 @@ pub async fn watchdog(state: &ConnState, t: Timeouts) -> Expired {
             _ = notified => {}
             _ = sleep.as_mut() => {
                 let mut s = seen;
-                let phase_over = due.is_some_and(|d| Instant::now() >= d);
-                if phase_over && next_phase(state, phase, &mut s) == phase {
+                let now = Instant::now();
+                if next_phase(state, phase, &mut s) != phase {
+                    continue;
+                }
+                if due.is_some_and(|d| now >= d) {
                     return match phase {
                         Phase::Head { started, .. } if !state.h2.load(Relaxed) => Expired::Head { started },
                         _ => Expired::Idle,
                     };
+                }
+                if let (Phase::Idle { since }, Some(p)) = (phase, park) {
+                    if now >= p {
+                        return Expired::Park { since };
+                    }
                 }
             }
         }
@@ -130,6 +168,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
+    fn opened() -> Start {
+        Start::Head {
+            at: Instant::now(),
+            started: false,
+        }
+    }
+
     fn t() -> Timeouts {
         Timeouts {
             header_read: 100 * MS,
@@ -151,7 +196,10 @@ mod tests {
     async fn silent_connection_gets_the_header_timeout() {
         let s = ConnState::default();
         let start = Instant::now();
-        assert_eq!(watchdog(&s, t()).await, Expired::Head { started: false });
+        assert_eq!(
+            watchdog(&s, t(), opened(), None).await,
+            Expired::Head { started: false }
+        );
         assert!(start.elapsed() >= 100 * MS);
     }
 
@@ -166,8 +214,35 @@ mod tests {
             tokio::time::sleep(300 * MS).await; // longer than the header timeout: busy, not slow
             drop(busy);
         });
-        assert_eq!(watchdog(&s, t()).await, Expired::Idle);
+        assert_eq!(watchdog(&s, t(), opened(), None).await, Expired::Idle);
         assert!(start.elapsed() >= 710 * MS);
+    }
+
+    #[tokio::test]
+    async fn idle_connection_is_offered_for_parking_then_times_out() {
+        let s = Arc::new(ConnState::default());
+        let s2 = s.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(10 * MS).await;
+            drop(s2.enter());
+        });
+        let Expired::Park { since } = watchdog(&s, t(), opened(), Some(50 * MS)).await else {
+            panic!("not offered for parking");
+        };
+        assert!(since >= start + 10 * MS && start.elapsed() >= 60 * MS);
+        // Not parked: the idle clock goes on from the same instant.
+        let w = watchdog(&s, t(), Start::Idle { since }, None).await;
+        assert_eq!(w, Expired::Idle);
+        assert!(start.elapsed() >= 410 * MS);
+    }
+
+    #[tokio::test]
+    async fn busy_connection_is_not_offered_for_parking() {
+        let s = Arc::new(ConnState::default());
+        let _busy = s.enter();
+        let w = tokio::time::timeout(300 * MS, watchdog(&s, t(), opened(), Some(10 * MS))).await;
+        assert!(w.is_err(), "{w:?}");
     }
 
     #[tokio::test]
@@ -180,7 +255,10 @@ mod tests {
             tokio::time::sleep(200 * MS).await;
             s2.on_read();
         });
-        assert_eq!(watchdog(&s, t()).await, Expired::Head { started: true });
+        assert_eq!(
+            watchdog(&s, t(), opened(), None).await,
+            Expired::Head { started: true }
+        );
         assert!(start.elapsed() >= 300 * MS);
     }
 
@@ -199,7 +277,10 @@ mod tests {
             }
             s2.on_write(false);
         });
-        assert_eq!(watchdog(&s, send_only()).await, Expired::Send);
+        assert_eq!(
+            watchdog(&s, send_only(), opened(), None).await,
+            Expired::Send
+        );
         assert!(start.elapsed() >= 700 * MS, "{:?}", start.elapsed());
     }
 
@@ -210,7 +291,10 @@ mod tests {
         let mut busy = s.enter();
         let start = Instant::now();
         busy.handed();
-        assert_eq!(watchdog(&s, send_only()).await, Expired::Send);
+        assert_eq!(
+            watchdog(&s, send_only(), opened(), None).await,
+            Expired::Send
+        );
         assert!(start.elapsed() >= 500 * MS);
         // Asked for the next frame: no longer held.
         busy.asked();
@@ -223,7 +307,7 @@ mod tests {
         let mut busy = s.enter();
         // HTTP/1.1 hand-outs are not held (hyper writes them at once), and nothing is blocked.
         busy.handed();
-        let w = tokio::time::timeout(1500 * MS, watchdog(&s, send_only())).await;
+        let w = tokio::time::timeout(1500 * MS, watchdog(&s, send_only(), opened(), None)).await;
         assert!(w.is_err(), "{w:?}");
     }
 }

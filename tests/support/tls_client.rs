@@ -64,13 +64,13 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// Sends `req` (an `https://host/path` URI) over a fresh TLS connection to `addr`, offering only
-/// `alpn` (`h2` or `http/1.1`); fails if the server picks anything else.
-pub async fn tls_send(
+/// A TLS connection to `addr` for `host` (SNI), offering only `alpn`; fails if the server picks
+/// anything else.
+pub async fn tls_connect(
     addr: SocketAddr,
+    host: &str,
     alpn: &str,
-    mut req: Request<Body>,
-) -> Result<Resp, String> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -79,12 +79,11 @@ pub async fn tls_send(
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
-    let host = req.uri().host().unwrap_or("localhost").to_string();
     let tcp = timeout(WAIT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| format!("connect: {e}"))?;
-    let name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
     let tls = timeout(
         WAIT,
         tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
@@ -96,6 +95,18 @@ pub async fn tls_send(
     if negotiated.as_deref() != Some(alpn.as_bytes()) {
         return Err(format!("ALPN: asked for {alpn}, got {negotiated:?}"));
     }
+    Ok(tls)
+}
+
+/// Sends `req` (an `https://host/path` URI) over a fresh TLS connection to `addr`, offering only
+/// `alpn` (`h2` or `http/1.1`); fails if the server picks anything else.
+pub async fn tls_send(
+    addr: SocketAddr,
+    alpn: &str,
+    mut req: Request<Body>,
+) -> Result<Resp, String> {
+    let host = req.uri().host().unwrap_or("localhost").to_string();
+    let tls = tls_connect(addr, &host, alpn).await?;
     let io = TokioIo::new(tls);
     let resp = if alpn == "h2" {
         let (mut s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
