@@ -68,6 +68,40 @@ async fn idle_upstream_connections_are_closed_after_idle_timeout() {
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
 }
 
+/// An upstream connection idle for a second is parked (hyper's buffers dropped, the socket kept):
+/// the next request still goes over the same socket, and one the server closes on reuse (the
+/// keep-alive race) is retried on a fresh one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_upstream_connection_is_reused() {
+    let backend = Backend::start("echo").await;
+    let cfg = single_pool("round_robin", "", &servers(&[&backend]));
+    let weir = Weir::start(&cfg).await;
+    for i in 0..3 {
+        let r = weir.get("h", &format!("/p/{i}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+    }
+    assert_eq!(backend.requests(), 3);
+    assert_eq!(
+        backend.connections(),
+        1,
+        "the parked connection was not reused"
+    );
+
+    let closer = support::closer::KeepAliveCloser::start().await;
+    let cfg = single_pool(
+        "round_robin",
+        "",
+        &format!("      - address: \"{}\"\n", closer.addr),
+    );
+    let weir = Weir::start(&cfg).await;
+    assert_eq!(weir.get("h", "/first").await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let r = weir.get("h", "/second").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((closer.answered(), closer.cut()), (2, 1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_is_appended() {
     let (_backend, weir) = one_backend().await;

@@ -19,6 +19,8 @@ use http::uri::Authority;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
+use hyper_rustls::MaybeHttpsStream::{Http as IoHttp, Https as IoHttps};
+use hyper_util::rt::TokioIo;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -26,7 +28,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tower_service::Service;
 
-type Io = hyper_rustls::MaybeHttpsStream<hyper_util::rt::TokioIo<tokio::net::TcpStream>>;
+type Io = hyper_rustls::MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
 type Driver = http1::Connection<Io, ForwardBody>;
 
 /// A failed send, sorted the way the retry policy needs.
@@ -80,11 +82,22 @@ impl Conn {
 }
 
 struct Idle {
-    /// Boxed: hyper's connection state is about 1.8 KB, and it moves in and out of the idle list
-    /// and through the response on every request.
-    conn: Box<Conn>,
+    conn: Slot,
     since: Instant,
 }
+
+/// An idle connection, as hyper's connection or, once it has sat idle for [`PARK_AFTER`], as the
+/// bare socket (hyper's read and write buffers, 8 KiB or more each, dropped; a fresh hyper
+/// connection is built over the socket when a request takes it, which costs no IO).
+enum Slot {
+    /// Boxed: hyper's connection state is about 1.8 KB, and it moves in and out of the idle list
+    /// and through the response on every request.
+    Live(Box<Conn>),
+    Parked(Box<Io>),
+}
+
+/// How long an idle server connection keeps hyper's state.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// The HTTP/1.1 connections of one pool, one idle list per server (indexed like the pool's
 /// servers). Each list has its own lock, held only to push or pop.
@@ -188,11 +201,31 @@ impl H1 {
             if idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
-            let mut conn = idle.conn;
+            let mut conn = match idle.conn {
+                Slot::Live(conn) => conn,
+                Slot::Parked(io) => match self.unpark(*io).await {
+                    Some(conn) => conn,
+                    None => continue,
+                },
+            };
             if poll_fn(|cx| Poll::Ready(conn.poll_reusable(cx))).await {
                 return Some(conn);
             }
         }
+    }
+
+    /// A fresh hyper connection over a parked socket, unless the server closed it (or sent
+    /// something unasked) meanwhile.
+    async fn unpark(&self, io: Io) -> Option<Box<Conn>> {
+        if !quiet(&io) {
+            return None;
+        }
+        let (sender, driver) = self.builder.handshake(io).await.ok()?;
+        Some(Box::new(Conn {
+            sender,
+            driver,
+            done: false,
+        }))
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Box<Conn>, SendError> {
@@ -228,7 +261,7 @@ impl H1 {
         if let Ok(mut list) = self.idle[server].lock() {
             if list.len() < self.max_idle {
                 list.push(Idle {
-                    conn,
+                    conn: Slot::Live(conn),
                     since: Instant::now(),
                 });
             }
@@ -237,19 +270,76 @@ impl H1 {
 }
 
 /// Closes idle connections past the pool's `idle_timeout` and those the server has closed, so
-/// neither holds a socket once traffic stops. Ends with the pool.
+/// neither holds a socket once traffic stops, and parks those idle for [`PARK_AFTER`]. Ends with
+/// the pool.
 async fn reap(h1: Weak<H1>) {
     let period = h1
         .upgrade()
         .map_or(Duration::from_secs(1), |h| h.idle_timeout / 2)
-        .max(Duration::from_millis(250));
+        .clamp(Duration::from_millis(250), PARK_AFTER);
     loop {
         tokio::time::sleep(period).await;
         let Some(h1) = h1.upgrade() else { return };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         for list in h1.idle.iter() {
             let Ok(mut list) = list.lock() else { continue };
-            list.retain_mut(|i| i.since.elapsed() < h1.idle_timeout && i.conn.poll_driver(&mut cx));
+            let idle = std::mem::take(&mut *list);
+            let kept = idle
+                .into_iter()
+                .filter_map(|i| tend(i, h1.idle_timeout, &mut cx));
+            list.extend(kept);
+        }
+    }
+}
+
+/// An idle connection still worth keeping, parked once it has sat idle for [`PARK_AFTER`].
+fn tend(i: Idle, idle_timeout: Duration, cx: &mut Context<'_>) -> Option<Idle> {
+    if i.since.elapsed() >= idle_timeout {
+        return None;
+    }
+    let mut conn = match i.conn {
+        Slot::Parked(io) => {
+            return quiet(&io).then_some(Idle {
+                conn: Slot::Parked(io),
+                since: i.since,
+            })
+        }
+        Slot::Live(conn) => conn,
+    };
+    if !conn.poll_reusable(cx) {
+        return None;
+    }
+    if i.since.elapsed() < PARK_AFTER {
+        return Some(Idle {
+            conn: Slot::Live(conn),
+            since: i.since,
+        });
+    }
+    // Taken apart only when idle and ready for a request, so nothing of an exchange is lost.
+    // Bytes read and not used would be the server speaking unasked: not reusable then.
+    let Conn { driver, .. } = *conn;
+    let parts = driver.into_parts();
+    parts.read_buf.is_empty().then(|| Idle {
+        conn: Slot::Parked(Box::new(parts.io)),
+        since: i.since,
+    })
+}
+
+/// Whether a parked socket has nothing to read: the server has not closed it or sent anything
+/// (over TLS, a record may be rustls's own, a session ticket say: hyper is left to judge it).
+fn quiet(io: &Io) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut byte = [0u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    match io {
+        IoHttp(tcp) => tcp.inner().poll_peek(&mut cx, &mut buf).is_pending(),
+        IoHttps(tls) => {
+            let tcp = tls.inner().get_ref().0.inner().inner();
+            match tcp.poll_peek(&mut cx, &mut buf) {
+                Poll::Pending => true,
+                Poll::Ready(Ok(n)) => n > 0,
+                Poll::Ready(Err(_)) => false,
+            }
         }
     }
 }
@@ -291,4 +381,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_parked_socket_is_quiet_until_the_server_closes_it() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(server.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = server.accept().await.unwrap();
+        let io: Io = IoHttp(TokioIo::new(client));
+        assert!(quiet(&io));
+        drop(accepted);
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while quiet(&io) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a closed socket still looks quiet");
+    }
 }
