@@ -249,7 +249,7 @@ async fn serve_tls(t: Box<Tls>) {
         conn: Arc::new(ConnInfo {
             peer,
             listener: listener.clone(),
-            tls: Some(info),
+            tls: Some(Box::new(info)),
             state,
         }),
         shared,

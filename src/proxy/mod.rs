@@ -23,7 +23,8 @@ use std::time::Instant;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub listener: Arc<ListenerRuntime>,
-    pub tls: Option<TlsInfo>,
+    /// Boxed: a plain-HTTP connection then keeps 8 bytes for it, not ~90, for its whole life.
+    pub tls: Option<Box<TlsInfo>>,
     /// Shared with the framing tap (its verdict) and the connection's watchdog (activity).
     pub state: Arc<crate::conn::ConnState>,
 }

@@ -11,7 +11,7 @@
 //! knowledge on an HTTP/1 port): the bytes read to tell are handed back to hyper through
 //! [`Prefixed`].
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -130,17 +130,21 @@ pub enum Speaks {
     Nothing,
 }
 
+/// How much the first read may take: a whole typical request head, so that this read is the one
+/// hyper would have made (the bytes are handed to it from memory), not an extra one.
+const FIRST_READ: usize = 4096;
+
 /// Reads until the bytes either leave the HTTP/2 preface or complete it (one read, for any
 /// HTTP/1 request but one that starts with `P` and arrives a byte at a time), and keeps them in
 /// `io` for hyper.
 pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut Prefixed<IO>) -> Speaks {
-    let mut buf = [0u8; PREFACE.len()];
-    let mut n = 0;
+    let mut buf = BytesMut::with_capacity(FIRST_READ);
     let speaks = loop {
-        match io.io.read(&mut buf[n..]).await {
+        match io.io.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break Speaks::Nothing,
-            Ok(got) => n += got,
+            Ok(_) => {}
         }
+        let n = buf.len().min(PREFACE.len());
         if buf[..n] != PREFACE[..n] {
             break Speaks::Http1;
         }
@@ -148,7 +152,7 @@ pub async fn sniff<IO: AsyncRead + Unpin>(io: &mut Prefixed<IO>) -> Speaks {
             break Speaks::Http2;
         }
     };
-    io.unread(Bytes::copy_from_slice(&buf[..n]));
+    io.unread(buf.freeze());
     speaks
 }
 
