@@ -220,6 +220,12 @@ async fn a_server_silent_mid_body_is_cut_on_every_protocol() {
 }
 
 /// 100 concurrent gRPC calls from 10 client connections share one h2c connection to the server.
+///
+/// weir runs on one worker here. With two, hyper-util's pool has a narrow window in which a
+/// second HTTP/2 connection is opened and then thrown away: a request registers as a waiter just
+/// before the first connection lands, then takes the freed connecting lock and dials, while the
+/// connection it waited for arrives too (seen about once in five runs on a busy 2-core machine).
+/// Every request is still multiplexed on the first connection; the count would not be exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_upstream_multiplexes_100_requests_on_one_connection() {
     let b = GrpcBackend::start().await;
@@ -229,7 +235,10 @@ async fn http2_upstream_multiplexes_100_requests_on_one_connection() {
          routes:\n  - name: g\n    pool: p\n",
         b.addr
     );
-    let weir = Weir::start(&yaml).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let weir = Weir::start_path_args(&path, &["web"], &["--workers", "1"]).await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let c = grpc::h2c_client(weir.addr()).await;
