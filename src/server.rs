@@ -144,6 +144,22 @@ struct Client<IO> {
     shutdown: watch::Receiver<bool>,
 }
 
+/// The socket for hyper, with the parts it is served with.
+type Lent<'a, IO> = (
+    Prefixed<IO>,
+    &'a Arc<ConnInfo>,
+    &'a Arc<Shared>,
+    &'a mut watch::Receiver<bool>,
+);
+
+impl<IO> Client<IO> {
+    /// Lends the socket out (to hyper), with the rest borrowed beside it.
+    fn take_io(&mut self) -> Option<Lent<'_, IO>> {
+        let io = self.io.take()?;
+        Some((io, &self.conn, &self.shared, &mut self.shutdown))
+    }
+}
+
 /// A connection as accepted.
 enum Accepted {
     Plain(Box<Client<Tap<SendWatch<TcpStream>>>>),
@@ -329,13 +345,9 @@ async fn serve_h2<IO>(mut c: Box<Client<IO>>, start: Start)
 where
     IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let Some(io) = c.io.take() else { return };
-    let Client {
-        conn,
-        shared,
-        shutdown,
-        ..
-    } = &mut *c;
+    let Some((io, conn, shared, shutdown)) = c.take_io() else {
+        return;
+    };
     let service = service(conn, shared);
     let mut http = Box::pin(
         conn.listener
@@ -384,13 +396,9 @@ where
     };
     let mut park = Park::Now;
     loop {
-        let Some(io) = c.io.take() else { return };
-        let Client {
-            conn,
-            shared,
-            shutdown,
-            ..
-        } = &mut *c;
+        let Some((io, conn, shared, shutdown)) = c.take_io() else {
+            return;
+        };
         // Boxed: while parked, only the wait below is left of this connection's task.
         let active = boxed(serve_until_idle(io, conn, shared, shutdown, start, park));
         let Some((io, since)) = active.await else {
