@@ -169,11 +169,33 @@ enum Accepted {
 /// A TCP connection on a TLS listener, before its handshake.
 struct Tls {
     tcp: SendWatch<TcpStream>,
+    parts: Parts,
+}
+
+/// What a connection is served with besides its socket.
+struct Parts {
     peer: SocketAddr,
     listener: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     state: Arc<ConnState>,
+}
+
+impl Parts {
+    /// The connection's parts put together around its (HTTP-ready) stream.
+    fn client<IO>(self, io: Tap<IO>, tls: Option<TlsInfo>) -> Box<Client<Tap<IO>>> {
+        Box::new(Client {
+            io: Some(Prefixed::new(io, Bytes::new())),
+            conn: Arc::new(ConnInfo {
+                peer: self.peer,
+                listener: self.listener,
+                tls: tls.map(Box::new),
+                state: self.state,
+            }),
+            shared: self.shared,
+            shutdown: self.shutdown,
+        })
+    }
 }
 
 /// Serves one accepted TCP connection until it closes or a drain finishes it; `guards` are
@@ -189,28 +211,19 @@ pub fn serve(
 ) -> impl Future<Output = ()> + Send + 'static {
     let state = Arc::new(ConnState::default());
     let tcp = SendWatch::new(tcp, state.clone());
-    let accepted = if listener.tls.is_none() {
-        let io = Tap::new(tcp, state.clone(), listener.http.max_head);
-        Accepted::Plain(Box::new(Client {
-            io: Some(Prefixed::new(io, Bytes::new())),
-            conn: Arc::new(ConnInfo {
-                peer,
-                listener,
-                tls: None,
-                state,
-            }),
-            shared,
-            shutdown,
-        }))
+    let plain = listener.tls.is_none();
+    let max_head = listener.http.max_head;
+    let parts = Parts {
+        peer,
+        listener,
+        shared,
+        shutdown,
+        state: state.clone(),
+    };
+    let accepted = if plain {
+        Accepted::Plain(parts.client(Tap::new(tcp, state, max_head), None))
     } else {
-        Accepted::Tls(Box::new(Tls {
-            tcp,
-            peer,
-            listener,
-            shared,
-            shutdown,
-            state,
-        }))
+        Accepted::Tls(Box::new(Tls { tcp, parts }))
     };
     serve_accepted(accepted, guards)
 }
@@ -225,16 +238,12 @@ async fn serve_accepted(accepted: Accepted, _guards: impl Send) {
 }
 
 async fn serve_tls(t: Box<Tls>) {
-    let Tls {
-        tcp,
-        peer,
-        listener,
-        shared,
-        shutdown,
-        state,
-    } = *t;
-    let Some(config) = &listener.tls else { return };
-    let Some(stream) = handshake(tcp, peer, &listener, config, &shared).await else {
+    let Tls { tcp, parts } = *t;
+    let Some(config) = &parts.listener.tls else {
+        return;
+    };
+    let Some(stream) = handshake(tcp, parts.peer, &parts.listener, config, &parts.shared).await
+    else {
         return;
     };
     let (_, sc) = stream.get_ref();
@@ -254,24 +263,14 @@ async fn serve_tls(t: Box<Tls>) {
         },
     };
     // HTTP/2 framing has no Content-Length/Transfer-Encoding ambiguity to watch for.
+    let state = parts.state.clone();
     let io = if info.alpn.as_deref() == Some("h2") {
         state.h2.store(true, Relaxed);
-        Tap::passive(stream, state.clone())
+        Tap::passive(stream, state)
     } else {
-        Tap::new(stream, state.clone(), listener.http.max_head)
+        Tap::new(stream, state, parts.listener.http.max_head)
     };
-    let client = Box::new(Client {
-        io: Some(Prefixed::new(io, Bytes::new())),
-        conn: Arc::new(ConnInfo {
-            peer,
-            listener: listener.clone(),
-            tls: Some(Box::new(info)),
-            state,
-        }),
-        shared,
-        shutdown,
-    });
-    serve_http(client).await
+    serve_http(parts.client(io, Some(info))).await
 }
 
 /// The TLS handshake, bounded by the listener's `handshake_timeout` so a silent client cannot hold a
