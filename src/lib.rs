@@ -31,3 +31,14 @@ pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;
+
+/// A future on the heap, for a rare or long-lived branch of a hot future: an async fn's state is
+/// as large as its largest branch, and every request or connection pays for that size (memory,
+/// and copying it about). A sync function, so the future is built straight into its box: built
+/// inline in an async fn (`Box::pin(f(..)).await`), it could also take its size in the caller's
+/// state, which is what boxing it is meant to avoid.
+pub(crate) fn boxed<'a, T>(
+    f: impl std::future::Future<Output = T> + Send + 'a,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>> {
+    Box::pin(f)
+}

@@ -110,9 +110,13 @@ const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A lock-free histogram with fixed latency buckets (seconds).
+/// A lock-free histogram with fixed latency buckets (seconds). A handle: clones share the counts,
+/// so a series found once can be kept (see [`Memo`]).
+#[derive(Debug, Default, Clone)]
+pub struct Histogram(Arc<Buckets>);
+
 #[derive(Debug, Default)]
-pub struct Histogram {
+struct Buckets {
     counts: [AtomicU64; BUCKETS.len() + 1],
     sum_micros: AtomicU64,
 }
@@ -124,8 +128,8 @@ impl Histogram {
             .iter()
             .position(|&b| s <= b)
             .unwrap_or(BUCKETS.len());
-        self.counts[i].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+        self.0.counts[i].fetch_add(1, Relaxed);
+        self.0.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
     }
 }
 
@@ -138,12 +142,12 @@ impl EncodeMetric for Histogram {
         // encode_histogram accumulates per-bucket counts itself: pass them uncumulated.
         let mut acc = 0;
         let mut buckets = Vec::with_capacity(BUCKETS.len() + 1);
-        for (i, c) in self.counts.iter().enumerate() {
+        for (i, c) in self.0.counts.iter().enumerate() {
             let n = c.load(Relaxed);
             acc += n;
             buckets.push((BUCKETS.get(i).copied().unwrap_or(f64::MAX), n));
         }
-        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let sum = self.0.sum_micros.load(Relaxed) as f64 / 1e6;
         e.encode_histogram::<RouteLabels>(sum, acc, &buckets, None)
     }
 
@@ -153,6 +157,8 @@ impl EncodeMetric for Histogram {
 }
 
 pub struct Metrics {
+    /// Tells this instance's entries in the [`Memo`] from another's (tests run several).
+    id: u64,
     pub registry: Registry,
     requests: Family<RequestLabels, Counter>,
     upstream_requests: Family<ServerClassLabels, Counter>,
@@ -173,13 +179,68 @@ pub struct Metrics {
     pub server_draining: Family<ServerLabels, Gauge>,
 }
 
+/// The series a request was last counted in, per thread, so that the next request of the same
+/// listener, route, server and status class counts without looking anything up: finding four
+/// series in their families (hashing, a read lock each) was about 2% of a small request's
+/// instructions. Direct-mapped, a few entries: a miss costs the lookups it saves.
+struct Memo {
+    key: MemoKey,
+    series: Series,
+    /// The names the key points at, kept alive so no other name can take their address.
+    _names: [Option<Arc<str>>; 4],
+}
+
+struct Series {
+    requests: Counter,
+    upstream: Option<Counter>,
+    duration: Histogram,
+    bytes: Counter,
+}
+
+/// Which metrics instance, and the addresses of the names (0 for none), and the status class.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct MemoKey([usize; 6]);
+
+impl MemoKey {
+    fn new(
+        id: u64,
+        listener: &Arc<str>,
+        route: Option<&Arc<str>>,
+        pool: Option<&Arc<str>>,
+        server: Option<&Arc<str>>,
+        status: u16,
+    ) -> MemoKey {
+        let addr = |n: Option<&Arc<str>>| n.map_or(0, |n| Arc::as_ptr(n) as *const u8 as usize);
+        MemoKey([
+            id as usize,
+            addr(Some(listener)),
+            addr(route),
+            addr(pool),
+            addr(server),
+            class_index(status),
+        ])
+    }
+
+    fn slot(&self) -> usize {
+        let h = self.0.iter().fold(0usize, |h, w| h.rotate_left(5) ^ w);
+        (h ^ (h >> 7) ^ (h >> 13)) % MEMO_SLOTS
+    }
+}
+
+const MEMO_SLOTS: usize = 8;
+
+thread_local! {
+    static MEMO: std::cell::RefCell<[Option<Memo>; MEMO_SLOTS]> = Default::default();
+}
+
 fn class(status: u16) -> &'static str {
+    ["1xx", "2xx", "3xx", "4xx", "5xx"][class_index(status)]
+}
+
+fn class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=499 => (status / 100 - 1) as usize,
+        _ => 4,
     }
 }
 
@@ -192,7 +253,9 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut r = Registry::with_prefix("weir");
+        static IDS: AtomicU64 = AtomicU64::new(0);
         let m = Metrics {
+            id: IDS.fetch_add(1, Relaxed),
             requests: Family::default(),
             upstream_requests: Family::default(),
             errors: Family::default(),
@@ -319,32 +382,78 @@ impl Metrics {
         dur: Duration,
         bytes: u64,
     ) {
-        let route = route.map_or_else(dash, name);
-        let pool = pool.map_or_else(dash, name);
-        let c = class(status);
-        self.requests
-            .get_or_create(&RequestLabels {
-                listener: Name::new(listener),
-                route: route.clone(),
-                pool: pool.clone(),
-                class: c,
-            })
-            .inc();
-        if let Some(s) = server {
-            self.upstream_requests
-                .get_or_create(&ServerClassLabels {
-                    pool,
-                    server: name(s),
-                    class: c,
-                })
-                .inc();
-        }
         if reason != "ok" {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
-        let rl = RouteLabels { route };
-        self.duration.get_or_create(&rl).observe(dur);
-        self.bytes_sent.get_or_create(&rl).inc_by(bytes);
+        let key = MemoKey::new(self.id, listener, route, pool, server, status);
+        MEMO.with(|memo| {
+            let mut memo = memo.borrow_mut();
+            let slot = &mut memo[key.slot()];
+            let series = match slot {
+                Some(m) if m.key == key => &m.series,
+                _ => {
+                    &slot
+                        .insert(self.series(key, listener, route, pool, server, status))
+                        .series
+                }
+            };
+            series.requests.inc();
+            if let Some(u) = &series.upstream {
+                u.inc();
+            }
+            series.duration.observe(dur);
+            series.bytes.inc_by(bytes);
+        });
+    }
+
+    /// The series one request is counted in, found in the families (a hashed lookup under a
+    /// read lock each), for the [`Memo`] to keep.
+    fn series(
+        &self,
+        key: MemoKey,
+        listener: &Arc<str>,
+        route: Option<&Arc<str>>,
+        pool: Option<&Arc<str>>,
+        server: Option<&Arc<str>>,
+        status: u16,
+    ) -> Memo {
+        let route_name = route.map_or_else(dash, name);
+        let pool_name = pool.map_or_else(dash, name);
+        let c = class(status);
+        let requests = self
+            .requests
+            .get_or_create(&RequestLabels {
+                listener: Name::new(listener),
+                route: route_name.clone(),
+                pool: pool_name.clone(),
+                class: c,
+            })
+            .clone();
+        let upstream = server.map(|s| {
+            self.upstream_requests
+                .get_or_create(&ServerClassLabels {
+                    pool: pool_name,
+                    server: name(s),
+                    class: c,
+                })
+                .clone()
+        });
+        let rl = RouteLabels { route: route_name };
+        Memo {
+            key,
+            series: Series {
+                requests,
+                upstream,
+                duration: self.duration.get_or_create(&rl).clone(),
+                bytes: self.bytes_sent.get_or_create(&rl).clone(),
+            },
+            _names: [
+                Some(listener.clone()),
+                route.cloned(),
+                pool.cloned(),
+                server.cloned(),
+            ],
+        }
     }
 
     /// Counts a cut that has no request of its own to be logged with.
@@ -369,5 +478,75 @@ impl Metrics {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(m: &Metrics, needle: &str) -> Option<String> {
+        m.encode()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(|l| l.rsplit(' ').next().unwrap_or("").to_string())
+    }
+
+    #[test]
+    fn remembered_series_count_for_their_own_instance_and_class() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let l: Arc<str> = "web".into();
+        let r: Arc<str> = "api".into();
+        let p: Arc<str> = "pool".into();
+        let s: Arc<str> = "127.0.0.1:1".into();
+        let d = Duration::from_millis(1);
+        for _ in 0..3 {
+            a.request_done(&l, Some(&r), Some(&p), Some(&s), 200, "ok", d, 10);
+        }
+        a.request_done(&l, Some(&r), Some(&p), Some(&s), 503, "upstream", d, 0);
+        b.request_done(&l, Some(&r), Some(&p), None, 200, "ok", d, 5);
+        // A name with the same text at another address is the same series.
+        let r2: Arc<str> = "api".into();
+        a.request_done(&l, Some(&r2), Some(&p), Some(&s), 200, "ok", d, 1);
+
+        let req = |m: &Metrics, class: &str| {
+            count(m, &format!("weir_requests_total{{listener=\"web\",route=\"api\",pool=\"pool\",class=\"{class}\"}}"))
+        };
+        assert_eq!(req(&a, "2xx").as_deref(), Some("4"));
+        assert_eq!(req(&a, "5xx").as_deref(), Some("1"));
+        assert_eq!(req(&b, "2xx").as_deref(), Some("1"));
+        assert_eq!(req(&b, "5xx"), None);
+        assert_eq!(
+            count(&a, "weir_response_bytes_total{route=\"api\"}").as_deref(),
+            Some("31")
+        );
+        assert_eq!(
+            count(&b, "weir_response_bytes_total{route=\"api\"}").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            count(
+                &a,
+                "weir_upstream_requests_total{pool=\"pool\",server=\"127.0.0.1:1\",class=\"2xx\"}"
+            )
+            .as_deref(),
+            Some("4")
+        );
+        assert_eq!(count(&b, "weir_upstream_requests_total"), None);
+        assert_eq!(
+            count(&a, "weir_request_duration_seconds_count{route=\"api\"}").as_deref(),
+            Some("5")
+        );
+    }
+
+    #[test]
+    fn classes_cover_every_status() {
+        assert_eq!(class(101), "1xx");
+        assert_eq!(class(204), "2xx");
+        assert_eq!(class(308), "3xx");
+        assert_eq!(class(499), "4xx");
+        assert_eq!(class(500), "5xx");
+        assert_eq!(class(0), "5xx");
+        assert_eq!(class(999), "5xx");
     }
 }

@@ -10,6 +10,7 @@
 
 mod idle;
 
+use crate::boxed;
 use crate::config::ListenerLimits;
 use crate::conn::{ConnState, Expired, SendWatch, Start, Timeouts};
 use crate::framing::Tap;
@@ -356,15 +357,6 @@ where
     );
     let shut = |h: &mut Pin<Box<http2::Connection<_, _, _>>>| h.as_mut().graceful_shutdown();
     run(&mut http, shut, conn, shared, shutdown, start, Park::Never).await;
-}
-
-/// A future on the heap. A sync function, so the future is built straight into its box: built
-/// inline in an async fn (`Box::pin(f(..)).await`), it could also take its size in the caller's
-/// state, which is what boxing it is meant to avoid.
-fn boxed<'a, T>(
-    f: impl Future<Output = T> + Send + 'a,
-) -> Pin<Box<dyn Future<Output = T> + Send + 'a>> {
-    Box::pin(f)
 }
 
 /// When an idle HTTP/1.1 connection gives up hyper's state.

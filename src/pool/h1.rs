@@ -158,7 +158,9 @@ impl H1 {
                 Some(c) => (c, None),
                 None => {
                     let start = Instant::now();
-                    let c = self.connect(authority).await?;
+                    // Boxed, like the unpark below: a socket (with TLS state) and its handshake
+                    // would otherwise take room in every request's future.
+                    let c = crate::boxed(self.connect(authority)).await?;
                     let done_at = Instant::now();
                     let took = done_at - start;
                     (c, Some(ConnectTiming { took, done_at }))
@@ -203,7 +205,7 @@ impl H1 {
             }
             let mut conn = match idle.conn {
                 Slot::Live(conn) => conn,
-                Slot::Parked(io) => match self.unpark(*io).await {
+                Slot::Parked(io) => match crate::boxed(self.unpark(io)).await {
                     Some(conn) => conn,
                     None => continue,
                 },
@@ -216,11 +218,11 @@ impl H1 {
 
     /// A fresh hyper connection over a parked socket, unless the server closed it (or sent
     /// something unasked) meanwhile.
-    async fn unpark(&self, io: Io) -> Option<Box<Conn>> {
+    async fn unpark(&self, io: Box<Io>) -> Option<Box<Conn>> {
         if !quiet(&io) {
             return None;
         }
-        let (sender, driver) = self.builder.handshake(io).await.ok()?;
+        let (sender, driver) = self.builder.handshake(*io).await.ok()?;
         Some(Box::new(Conn {
             sender,
             driver,

@@ -28,7 +28,8 @@ pub fn is_grpc(h: &HeaderMap) -> bool {
 
 /// The route's head timeout, shortened to the call's `grpc-timeout` when that is sooner.
 pub fn head_timeout(h: &HeaderMap, route: Duration) -> Duration {
-    h.get("grpc-timeout")
+    const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    h.get(GRPC_TIMEOUT)
         .and_then(|v| parse_timeout(v.as_bytes()))
         .map_or(route, |d| d.min(route))
 }

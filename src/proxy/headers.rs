@@ -29,28 +29,51 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Removes hop-by-hop headers and any header that `Connection` names. `Upgrade` is removed too; the
 /// caller puts it back for a WebSocket upgrade it has decided to forward.
 pub fn remove_hop_by_hop(h: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names (cheap comparisons for standard
-    // headers) instead of ten hashed lookups.
-    let hop = |n: &HeaderName| n == header::UPGRADE || HOP_BY_HOP.contains(n);
-    if !h.keys().any(hop) {
+    // One pass over the names notes which are present (cheap comparisons for standard headers), so
+    // only those are removed: each removal is a hashed lookup, and most responses carry
+    // `Connection: keep-alive` and nothing else of the list.
+    let mut present = 0u16;
+    for n in h.keys() {
+        if let Some(i) = hop_index(n) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    if h.contains_key(header::CONNECTION) {
+    if present & (1 << CONNECTION_INDEX) != 0 {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("close"))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| hop_index(n).is_none())
             .collect();
         for n in named {
             h.remove(n);
         }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            h.remove(n);
+        }
     }
-    h.remove(header::UPGRADE);
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        h.remove(header::UPGRADE);
+    }
+}
+
+const CONNECTION_INDEX: usize = 1;
+
+/// Where `n` sits in [`HOP_BY_HOP`], or one past its end for `Upgrade`.
+fn hop_index(n: &HeaderName) -> Option<usize> {
+    if n == header::UPGRADE {
+        return Some(HOP_BY_HOP.len());
+    }
+    HOP_BY_HOP.iter().position(|h| h == n)
 }
 
 /// Whether `TE: trailers` was asked for (gRPC needs it end to end; it is the one TE value allowed in h2).
@@ -69,12 +92,17 @@ pub fn add_forwarded(
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
-    let ip = client.to_canonical().to_string();
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+    let mut ip = IpText::default();
+    ip.write(client.to_canonical());
+    let prev = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.trim().is_empty());
+    let v = match prev {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.as_str())),
+        None => HeaderValue::from_str(ip.as_str()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = v {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -85,6 +113,60 @@ pub fn add_forwarded(
         None => {
             h.remove(X_FORWARDED_HOST);
         }
+    }
+}
+
+/// An address as text on the stack: an IPv4 address (nearly every client) written without the
+/// formatting machinery, which this runs through once per request otherwise.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText {
+            buf: [0; 48],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn write(&mut self, ip: IpAddr) {
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.push(b'.');
+                    }
+                    if octet >= 100 {
+                        self.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        self.push(b'0' + octet / 10 % 10);
+                    }
+                    self.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::io::Write;
+                let mut w = &mut self.buf[..];
+                // 45 bytes at most ("ffff:...:255.255.255.255"): the buffer holds it.
+                let _ = write!(w, "{v6}");
+                let left = w.len();
+                self.len = self.buf.len() - left;
+            }
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
     }
 }
 
@@ -158,5 +240,40 @@ mod tests {
         add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn addresses_are_written_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.100.255.9",
+            "255.255.255.255",
+            "::1",
+            "fe80::1:2",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut t = IpText::default();
+            t.write(ip);
+            assert_eq!(t.as_str(), ip.to_string());
+        }
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::ffff:10.0.0.1".parse().unwrap(), "https", None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+    }
+
+    #[test]
+    fn connection_tokens_that_are_not_headers_or_are_hop_by_hop_are_fine() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            "close, Upgrade, keep-alive, bad token".parse().unwrap(),
+        );
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
     }
 }

@@ -254,7 +254,30 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
         ));
     }
     let h = req.headers();
-    if let Some(host) = h.get(header::HOST) {
+    // One pass counts the fields that must not repeat or meet (a hashed lookup each otherwise).
+    let (mut hosts, mut lengths, mut chunked) = (0, 0, false);
+    for name in h.keys() {
+        if name == header::HOST {
+            hosts = h.get_all(name).iter().count();
+        } else if name == header::CONTENT_LENGTH {
+            lengths = h.get_all(name).iter().count();
+        } else if name == header::TRANSFER_ENCODING {
+            chunked = true;
+        }
+    }
+    if chunked && lengths > 0 {
+        return Err(ProxyError::BadRequest(
+            "both content-length and transfer-encoding",
+        ));
+    }
+    if lengths > 1 {
+        return Err(ProxyError::BadRequest("more than one content-length"));
+    }
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one host header"));
+    }
+    let host = if hosts > 0 { h.get(header::HOST) } else { None };
+    if let Some(host) = host {
         // The router and the server must read the same host: one valid authority, no userinfo.
         let valid = host.is_empty()
             || host
@@ -266,18 +289,7 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
             return Err(ProxyError::BadRequest("invalid host header"));
         }
     }
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
-        return Err(ProxyError::BadRequest(
-            "both content-length and transfer-encoding",
-        ));
-    }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err(ProxyError::BadRequest("more than one content-length"));
-    }
-    if h.get_all(header::HOST).iter().count() > 1 {
-        return Err(ProxyError::BadRequest("more than one host header"));
-    }
-    if let (Some(auth), Some(host)) = (req.uri().authority(), h.get(header::HOST)) {
+    if let (Some(auth), Some(host)) = (req.uri().authority(), host) {
         if req.version() < Version::HTTP_2
             && !auth
                 .as_str()
@@ -288,10 +300,7 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
             ));
         }
     }
-    if req.version() == Version::HTTP_11
-        && !h.contains_key(header::HOST)
-        && req.uri().authority().is_none()
-    {
+    if req.version() == Version::HTTP_11 && host.is_none() && req.uri().authority().is_none() {
         return Err(ProxyError::BadRequest("missing host header"));
     }
     Ok(())
