@@ -503,11 +503,14 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Service 
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let conn = self.conn.clone();
-        let shared = self.shared.clone();
         // Counted from the moment hyper hands the request over until its response body is gone.
-        let busy = conn.state.enter();
-        Box::pin(async move { Ok(proxy::handle(req, &conn, &shared, busy).await) })
+        let busy = self.conn.state.enter();
+        Box::pin(proxy::handle(
+            req,
+            self.conn.clone(),
+            self.shared.clone(),
+            busy,
+        ))
     }
 }
 

@@ -150,13 +150,15 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
     done.finish(0, None);
 }
 
-/// Serves one client request.
+/// Serves one client request. The future hyper keeps for it: owned parts, and no layer of
+/// async fns between it and [`forward`], since each would keep its own copy of the request.
 pub async fn handle(
     req: Request<Incoming>,
-    conn: &ConnInfo,
-    shared: &Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
     busy: crate::conn::Busy,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, std::convert::Infallible> {
+    let (conn, shared) = (&*conn, &shared);
     let rt = shared.runtime.load_full();
     // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
     let log = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
@@ -189,7 +191,22 @@ pub async fn handle(
     });
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
-    let mut resp = match serve(req, conn, &rt, &mut done, busy.index).await {
+    let served = match route(&req, conn, &rt, &mut done, busy.index) {
+        Ok(Routed::Forward(route, pool)) => {
+            forward(
+                req,
+                conn,
+                &rt.router.routes[route],
+                &pool,
+                &mut done,
+                busy.index,
+            )
+            .await
+        }
+        Ok(Routed::Reply(r)) => Ok(*r),
+        Err(e) => Err(e),
+    };
+    let mut resp = match served {
         Ok(r) => r,
         Err(e) => {
             let mut r = error_response(&e, &mut done);
@@ -213,7 +230,7 @@ pub async fn handle(
     done.status = resp.status().as_u16();
     resp.body_mut().on_finish(done);
     resp.body_mut().hold(busy);
-    resp
+    Ok(resp)
 }
 
 fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
@@ -314,36 +331,44 @@ fn uri_len(uri: &Uri) -> usize {
     scheme + auth + pq
 }
 
-async fn serve(
-    req: Request<Incoming>,
+/// Where a request goes, decided before anything is sent.
+enum Routed {
+    /// To the route at this index in the table, through its pool.
+    Forward(usize, Arc<Pool>),
+    /// Answered here (a redirect to https; boxed, as it is rare).
+    Reply(Box<Response<ResponseBody>>),
+}
+
+fn route(
+    req: &Request<Incoming>,
     conn: &ConnInfo,
     rt: &Runtime,
     done: &mut Done,
     index: u64,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Routed, ProxyError> {
     if conn.state.is_bad(index) {
         return Err(ProxyError::BadRequest("ambiguous framing"));
     }
-    check_request(&req, conn.listener.config.limits.max_uri_length)?;
+    check_request(req, conn.listener.config.limits.max_uri_length)?;
     if let Some(port) = conn.listener.config.redirect_https {
         done.reason = "redirect_https";
-        return Ok(redirect(&req, port));
+        return Ok(Routed::Reply(Box::new(redirect(req, port))));
     }
     let idx = rt
         .router
-        .route(&req, conn.sni())
+        .route(req, conn.sni())
         .ok_or(ProxyError::NoRoute)?;
     let route = &rt.router.routes[idx];
     done.route = Some(route.name.clone());
     if let (Some(tls), Some(sni)) = (&conn.listener.tls, conn.sni()) {
-        let host = crate::router::matcher::request_host(&req);
+        let host = crate::router::matcher::request_host(req);
         if !host.eq_ignore_ascii_case(sni) && !tls.resolver.covers(Some(sni), host) {
             return Err(ProxyError::Misdirected);
         }
     }
     let pool = rt.pools[route.pool].clone();
     done.pool = Some(pool.clone());
-    forward(req, conn, route, &pool, done, index).await
+    Ok(Routed::Forward(idx, pool))
 }
 
 /// 308 to the same host and path on https at `port`.
