@@ -47,14 +47,11 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
 fn route(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     match (req.method(), path) {
-        (&Method::GET, "/metrics") => {
-            refresh_gauges(shared);
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                shared.metrics.encode(),
-            )
-        }
+        (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            scrape(shared),
+        ),
         (&Method::GET, "/status") => reply(
             StatusCode::OK,
             "application/json",
@@ -112,6 +109,21 @@ fn percent_decode(s: &str) -> String {
         .next()
         .map(|(_, v)| v.into_owned())
         .unwrap_or_default()
+}
+
+/// Sets the per-server gauges from the current table. Series of servers a reload removed are
+/// dropped first, so a server that is gone does not keep reporting its last state (`server_up 1`
+/// for ever). Scrapes are serialized, so one cannot encode while another has just cleared.
+fn scrape(shared: &Shared) -> String {
+    static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SCRAPE.lock().unwrap_or_else(|e| e.into_inner());
+    let m = &shared.metrics;
+    m.server_up.clear();
+    m.server_in_flight.clear();
+    m.server_ejections.clear();
+    m.server_draining.clear();
+    refresh_gauges(shared);
+    m.encode()
 }
 
 fn refresh_gauges(shared: &Shared) {

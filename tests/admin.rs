@@ -229,3 +229,57 @@ async fn a_reload_moves_the_admin_endpoint() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_a_reload_removed_leaves_the_metrics() {
+    let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    let yaml = |backends: &[&Backend]| {
+        format!(
+            "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
+             pools:\n  p:\n    servers:\n{}\
+             routes:\n  - name: api\n    match:\n      path_prefix: \"/\"\n    pool: p\n\
+             admin:\n  bind: \"127.0.0.1:0\"\n",
+            servers(backends)
+        )
+    };
+    std::fs::write(&path, yaml(&[&b1, &b2])).unwrap();
+    let weir = Weir::start_path(&path, &["web"]).await;
+    let admin = Admin::of(&weir).await;
+    let up = |e: &support::prom::Exposition, b: &Backend| {
+        let server = b.addr.to_string();
+        e.samples
+            .iter()
+            .filter(|s| s.name == "weir_server_up" && s.label("server") == Some(server.as_str()))
+            .count()
+    };
+    let before = metrics(&admin).await;
+    assert_eq!((up(&before, &b1), up(&before, &b2)), (1, 1));
+
+    std::fs::write(&path, yaml(&[&b1])).unwrap();
+    weir.signal("HUP");
+    weir.wait_log("the reload", |l| l.contains("configuration reloaded"))
+        .await;
+    let after = metrics(&admin).await;
+    assert_eq!(
+        up(&after, &b1),
+        1,
+        "the server that stays is still reported"
+    );
+    assert_eq!(up(&after, &b2), 0, "the removed server is still reported");
+    for name in [
+        "weir_server_in_flight_requests",
+        "weir_server_ejections",
+        "weir_server_draining",
+    ] {
+        let server = b2.addr.to_string();
+        assert!(
+            !after
+                .samples
+                .iter()
+                .any(|s| s.name == name && s.label("server") == Some(server.as_str())),
+            "{name} still has the removed server"
+        );
+    }
+}

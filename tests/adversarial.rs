@@ -864,3 +864,38 @@ async fn leftover_server_bytes_never_reach_another_request() {
         );
     }
 }
+
+/// The same slowloris guard behind TLS: a begun head that does not complete in time gets its 408
+/// through the TLS session (the reply is written by the framing tap, under rustls), then the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_over_tls_gets_408_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rec = Recorder::start().await;
+    let (cert, key) = support::tls_client::dev_cert_paths();
+    let tls = format!(
+        "    header_read_timeout: 500ms\n    tls:\n      certificates:\n        - cert: \"{cert}\"\n          key: \"{key}\"\n"
+    );
+    let weir = Weir::start(&config(&rec, &tls, "")).await;
+    let mut s = support::tls_client::tls_connect(weir.addr(), "localhost", "http/1.1")
+        .await
+        .unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "no answer and no close within 10s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "answered before the timeout"
+    );
+    weir.expect_access_log(408, None).await;
+    assert_eq!(rec.raw().len(), 0, "nothing may reach the server");
+}

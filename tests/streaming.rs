@@ -264,3 +264,43 @@ async fn http2_upstream_multiplexes_100_requests_on_one_connection() {
         "one upstream connection for 100 concurrent requests"
     );
 }
+
+/// A server that sends the head and part of its body, then closes: the client sees the body cut
+/// short, and the access log says why (`reason=upstream_body_error`, not `ok`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_breaks_off_mid_body_is_logged_as_such() {
+    let rec = Recorder::script(|r, _| {
+        if r.line.contains("/broken") {
+            Act::SendClose(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello".to_vec())
+        } else {
+            Act::Send(ok_naming(r))
+        }
+    })
+    .await;
+    let weir = Weir::start(&config(rec.addr, "")).await;
+    let mut c = RawConn::connect(weir.addr()).await;
+    c.send(b"GET /broken HTTP/1.1\r\nHost: h\r\n\r\n").await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 200);
+    assert!(r.truncated, "the body must end cut short");
+    assert!(c.closed_within(WAIT).await);
+    let line = weir
+        .wait_log("the access line of the broken response", |l| {
+            l.contains("weir::access") && l.contains("path=/broken")
+        })
+        .await;
+    assert!(line.contains("reason=upstream_body_error"), "{line}");
+    let ok = support::raw_request(
+        weir.addr(),
+        b"GET /fine HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
+        false,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    let line = weir
+        .wait_log("the access line of the whole response", |l| {
+            l.contains("weir::access") && l.contains("path=/fine")
+        })
+        .await;
+    assert!(line.contains("reason=ok"), "{line}");
+}

@@ -420,6 +420,8 @@ impl Body for ResponseBody {
             // had buffered. When the break arrives in the same turn as the head and the first
             // bytes (a server that sends part of a body and closes), report it one turn later,
             // so the client gets the head and the bytes that came and sees the body cut short.
+            tracing::debug!(error = %e, "the server's response body broke off");
+            this.cut.get_or_insert("upstream_body_error");
             this.broken = Some(e);
             cx.waker().wake_by_ref();
             return Poll::Pending;
