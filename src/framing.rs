@@ -217,8 +217,9 @@ impl Scan {
     }
 
     /// Consumes a run of bytes that cannot change the state: the rest of a request target, of a
-    /// field name, or of a field value weir does not need to read. The state machine proper sees
-    /// only the bytes that delimit these, so a typical head costs a few instructions per byte.
+    /// field name, or of a field value weir does not need to read (or a whole well-formed version
+    /// line). The state machine proper sees only the bytes that delimit these, so a typical head
+    /// costs a few instructions per byte.
     fn bulk(&mut self, data: &[u8]) -> usize {
         match self.st {
             St::Target => run(data, |b| (0x21..0x7f).contains(&b)),
@@ -230,6 +231,17 @@ impl Scan {
                 n
             }
             St::Value if !self.framing_field() => run(data, is_vchar_or_ws),
+            // The whole version and its line end at once, the common case; anything else goes
+            // byte by byte.
+            St::Version if self.version_len == 0 => match data.get(..10) {
+                Some(v @ (b"HTTP/1.1\r\n" | b"HTTP/1.0\r\n")) => {
+                    self.version[..8].copy_from_slice(&v[..8]);
+                    self.version_len = 8;
+                    self.st = St::LineStart;
+                    10
+                }
+                _ => 0,
+            },
             _ => 0,
         }
     }
@@ -582,6 +594,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
             b"GET / HTTP/1.1\r\nX\x01: a\r\n\r\n",
             b"GET / HTTP/2.0\r\n\r\n",
+            b"GET / HTTP/1.10\r\n\r\n",
+            b"GET / HTTP/1.1 \r\n\r\n",
+            b"GET / HTTP/1.1\r\r\n\r\n",
+            b"GET / http/1.1\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;a\x00\r\nhello",

@@ -383,7 +383,8 @@ impl Pool {
     /// Like [`Pool::pick`], but waits in the pool's bounded queue while every server is at its
     /// `max_connections`.
     pub async fn acquire(&self, input: &PickInput<'_>, tried: &[usize]) -> Result<usize, NoServer> {
-        let deadline = tokio::time::Instant::now() + self.config.queue_timeout;
+        // Read the clock only once the queue is needed (most picks find a server at once).
+        let mut deadline = None;
         loop {
             let notified = self.released.notified();
             match self.pick(input, tried) {
@@ -394,6 +395,9 @@ impl Pool {
                         self.queued.fetch_sub(1, Relaxed);
                         return Err(NoServer::QueueFull);
                     }
+                    let deadline = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.config.queue_timeout
+                    });
                     let woke = tokio::time::timeout_at(deadline, notified).await;
                     self.queued.fetch_sub(1, Relaxed);
                     if woke.is_err() {

@@ -580,16 +580,12 @@ async fn send(
     req: Request<ForwardBody>,
     head_timeout: std::time::Duration,
 ) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
-    use crate::pool::h1::SendError;
     let Some(h1) = driven else {
-        let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
-        let sent = sent.map(|r| {
-            r.map_err(|e| match e.is_connect() {
-                true => SendError::Connect(crate::pool::h1::error_chain(&e)),
-                false => SendError::Request(crate::pool::h1::error_chain(&e)),
-            })
-        });
-        return (sent, None);
+        // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
+        return (
+            crate::boxed(send_shared(pool, req, head_timeout)).await,
+            None,
+        );
     };
     let authority = &pool.servers[server].authority;
     match tokio::time::timeout(head_timeout, h1.send(server, authority, req)).await {
@@ -597,6 +593,22 @@ async fn send(
         Ok(Err(e)) => (Ok(Err(e)), None),
         Err(t) => (Err(t), None),
     }
+}
+
+/// One attempt through hyper-util's client (HTTP/2, ALPN-chosen protocols, upgrades).
+async fn send_shared(
+    pool: &Pool,
+    req: Request<ForwardBody>,
+    head_timeout: std::time::Duration,
+) -> attempts::Sent {
+    use crate::pool::h1::SendError;
+    let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
+    sent.map(|r| {
+        r.map_err(|e| match e.is_connect() {
+            true => SendError::Connect(crate::pool::h1::error_chain(&e)),
+            false => SendError::Request(crate::pool::h1::error_chain(&e)),
+        })
+    })
 }
 
 /// The request of one attempt. hyper-util's client wants an absolute URI (it picks the
