@@ -197,6 +197,17 @@ struct Series {
     bytes: Counter,
 }
 
+impl Series {
+    fn count(&self, dur: Duration, bytes: u64) {
+        self.requests.inc();
+        if let Some(u) = &self.upstream {
+            u.inc();
+        }
+        self.duration.observe(dur);
+        self.bytes.inc_by(bytes);
+    }
+}
+
 /// Which metrics instance, and the addresses of the names (0 for none), and the status class.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct MemoKey([usize; 6]);
@@ -386,7 +397,7 @@ impl Metrics {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
         let key = MemoKey::new(self.id, listener, route, pool, server, status);
-        MEMO.with(|memo| {
+        let counted = MEMO.try_with(|memo| {
             let mut memo = memo.borrow_mut();
             let slot = &mut memo[key.slot()];
             let series = match slot {
@@ -397,13 +408,13 @@ impl Metrics {
                         .series
                 }
             };
-            series.requests.inc();
-            if let Some(u) = &series.upstream {
-                u.inc();
-            }
-            series.duration.observe(dur);
-            series.bytes.inc_by(bytes);
+            series.count(dur, bytes);
         });
+        if counted.is_err() {
+            // The thread is going away (its memo with it): count without one.
+            let m = self.series(key, listener, route, pool, server, status);
+            m.series.count(dur, bytes);
+        }
     }
 
     /// The series one request is counted in, found in the families (a hashed lookup under a
