@@ -43,13 +43,14 @@ pub fn take(
         return None;
     }
     let h = &parts.headers;
+    // `Upgrade` first: most requests have none, and then `Connection` need not be read.
+    let protocol = h.get(header::UPGRADE)?.clone();
     let asks = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = h.get(header::UPGRADE)?.clone();
     if !asks
         || protocol
             .to_str()
