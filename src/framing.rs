@@ -216,10 +216,11 @@ impl Scan {
         Ok(())
     }
 
-    /// Consumes a run of bytes that cannot change the state: the rest of a request target, of a
-    /// field name, or of a field value weir does not need to read (or a whole well-formed version
-    /// line). The state machine proper sees only the bytes that delimit these, so a typical head
-    /// costs a few instructions per byte.
+    /// Consumes a run of bytes the state machine need not see one by one: the rest of a request
+    /// target, of a field name, or of a field value weir does not need to read, and a whole
+    /// well-formed version line (the one run that moves the state on, to the first field). The
+    /// state machine proper sees only the bytes that delimit these, so a typical head costs a few
+    /// instructions per byte.
     fn bulk(&mut self, data: &[u8]) -> usize {
         match self.st {
             St::Target => run(data, |b| (0x21..0x7f).contains(&b)),

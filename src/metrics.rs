@@ -212,23 +212,25 @@ impl Series {
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct MemoKey([usize; 6]);
 
+/// The names and status one finished request is counted by.
+struct Served<'a> {
+    listener: &'a Arc<str>,
+    route: Option<&'a Arc<str>>,
+    pool: Option<&'a Arc<str>>,
+    server: Option<&'a Arc<str>>,
+    status: u16,
+}
+
 impl MemoKey {
-    fn new(
-        id: u64,
-        listener: &Arc<str>,
-        route: Option<&Arc<str>>,
-        pool: Option<&Arc<str>>,
-        server: Option<&Arc<str>>,
-        status: u16,
-    ) -> MemoKey {
+    fn new(id: u64, r: &Served<'_>) -> MemoKey {
         let addr = |n: Option<&Arc<str>>| n.map_or(0, |n| Arc::as_ptr(n) as *const u8 as usize);
         MemoKey([
             id as usize,
-            addr(Some(listener)),
-            addr(route),
-            addr(pool),
-            addr(server),
-            class_index(status),
+            addr(Some(r.listener)),
+            addr(r.route),
+            addr(r.pool),
+            addr(r.server),
+            class_index(r.status),
         ])
     }
 
@@ -396,38 +398,39 @@ impl Metrics {
         if reason != "ok" {
             self.errors.get_or_create(&ReasonLabels { reason }).inc();
         }
-        let key = MemoKey::new(self.id, listener, route, pool, server, status);
+        let served = Served {
+            listener,
+            route,
+            pool,
+            server,
+            status,
+        };
+        let key = MemoKey::new(self.id, &served);
         let counted = MEMO.try_with(|memo| {
             let mut memo = memo.borrow_mut();
             let slot = &mut memo[key.slot()];
             let series = match slot {
                 Some(m) if m.key == key => &m.series,
-                _ => {
-                    &slot
-                        .insert(self.series(key, listener, route, pool, server, status))
-                        .series
-                }
+                _ => &slot.insert(self.series(key, &served)).series,
             };
             series.count(dur, bytes);
         });
         if counted.is_err() {
             // The thread is going away (its memo with it): count without one.
-            let m = self.series(key, listener, route, pool, server, status);
-            m.series.count(dur, bytes);
+            self.series(key, &served).series.count(dur, bytes);
         }
     }
 
     /// The series one request is counted in, found in the families (a hashed lookup under a
     /// read lock each), for the [`Memo`] to keep.
-    fn series(
-        &self,
-        key: MemoKey,
-        listener: &Arc<str>,
-        route: Option<&Arc<str>>,
-        pool: Option<&Arc<str>>,
-        server: Option<&Arc<str>>,
-        status: u16,
-    ) -> Memo {
+    fn series(&self, key: MemoKey, r: &Served<'_>) -> Memo {
+        let Served {
+            listener,
+            route,
+            pool,
+            server,
+            status,
+        } = *r;
         let route_name = route.map_or_else(dash, name);
         let pool_name = pool.map_or_else(dash, name);
         let c = class(status);

@@ -66,6 +66,7 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// Where `Connection` sits in [`HOP_BY_HOP`] (a unit test holds the two together).
 const CONNECTION_INDEX: usize = 1;
 
 /// Where `n` sits in [`HOP_BY_HOP`], or one past its end for `Upgrade`.
@@ -219,6 +220,7 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+        assert_eq!(HOP_BY_HOP[CONNECTION_INDEX], header::CONNECTION);
     }
 
     #[test]
