@@ -143,6 +143,12 @@ fn refresh_gauges(shared: &Shared) {
             m.server_draining.get_or_create(&l).set(s.draining() as i64);
         }
     }
+    for (worker, n) in crate::workers::loads().enumerate() {
+        let l = crate::metrics::WorkerLabels {
+            worker: worker as u32,
+        };
+        m.worker_connections.get_or_create(&l).set(n as i64);
+    }
 }
 
 fn status(shared: &Shared) -> serde_json::Value {

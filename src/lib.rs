@@ -31,6 +31,7 @@ pub mod sticky;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;
+pub mod workers;
 
 /// A future on the heap, for a rare or long-lived branch of a hot future: an async fn's state is
 /// as large as its largest branch, and every request or connection pays for that size (memory,

@@ -214,7 +214,7 @@ impl Listeners {
             open: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(PerIp::default()),
         };
-        tokio::spawn(accept_loop(sock, ctx, stopped));
+        accept_on_each_worker(sock, ctx, stopped);
         self.running.insert(
             l.name.clone(),
             Running {
@@ -238,6 +238,8 @@ impl Listeners {
     }
 }
 
+/// What an accept loop works with; cloned for each worker's loop (the counts are shared).
+#[derive(Clone)]
 struct AcceptCtx {
     name: String,
     series: ListenerSeries,
@@ -250,6 +252,7 @@ struct AcceptCtx {
 
 /// The listener's connection series, found once: a family lookup per accepted connection (a
 /// hash and a read lock each, three of them) was a tenth of what accepting costs weir.
+#[derive(Clone)]
 struct ListenerSeries {
     total: Counter,
     refused: Counter,
@@ -298,6 +301,34 @@ impl Drop for IpSlot {
             }
         }
     }
+}
+
+/// One accept loop per worker, each on its own duplicate of the listening socket, registered
+/// with that worker's event loop (see [`crate::workers`]).
+fn accept_on_each_worker(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receiver<bool>) {
+    if crate::workers::count() == 1 {
+        tokio::spawn(accept_loop(sock, ctx, stop));
+        return;
+    }
+    let sock = match sock.into_std() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            tracing::error!(listener = %ctx.name, error = %e, "cannot share the listening socket");
+            return;
+        }
+    };
+    crate::workers::spawn_on_each(move || {
+        let dup = sock.try_clone().and_then(TcpListener::from_std);
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        async move {
+            match dup {
+                Ok(sock) => accept_loop(sock, ctx, stop).await,
+                Err(e) => {
+                    tracing::error!(listener = %ctx.name, error = %e, "a worker cannot accept on the listener")
+                }
+            }
+        }
+    });
 }
 
 async fn accept_loop(sock: TcpListener, ctx: AcceptCtx, mut stop: watch::Receiver<bool>) {
@@ -352,11 +383,31 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let guard = ctx.tracker.enter();
     let shared = ctx.shared.clone();
     let drain = ctx.drain.clone();
+    let worker = crate::workers::pick();
     // Guards, not statements after `serve`: a panic in the task must still release the counts.
-    let guards = (guard, slot, open);
-    tokio::spawn(crate::server::serve(
-        tcp, peer, listener, shared, drain, guards,
-    ));
+    let guards = (guard, slot, open, crate::workers::Serving::new(worker));
+    if worker == crate::workers::index() {
+        tokio::spawn(crate::server::serve(
+            tcp, peer, listener, shared, drain, guards,
+        ));
+        return;
+    }
+    // To another worker: the socket leaves this event loop and joins that one.
+    let tcp = match tcp.into_std() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(listener = %listener.name, %peer, error = %e, "cannot hand a connection to a worker");
+            return;
+        }
+    };
+    crate::workers::spawn_on(worker, move || async move {
+        match tokio::net::TcpStream::from_std(tcp) {
+            Ok(tcp) => crate::server::serve(tcp, peer, listener, shared, drain, guards).await,
+            Err(e) => {
+                tracing::warn!(listener = %listener.name, %peer, error = %e, "a worker cannot take a connection")
+            }
+        }
+    });
 }
 
 /// One open connection in the listener's count and gauge.

@@ -27,16 +27,16 @@ fn main() -> ExitCode {
         eprintln!("weir: cannot open the access log: {e}");
         return ExitCode::FAILURE;
     }
-    let mut builder = match cli.workers {
-        // One worker: a current-thread runtime avoids cross-thread wakeups entirely.
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(n) => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n.max(1));
-            b
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
+    // Thread-per-core: the main thread's runtime and one more per extra worker, each
+    // single-threaded (see `weir::workers`).
+    let workers = cli.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if let Err(e) = weir::workers::start(workers.max(1)) {
+        eprintln!("weir: cannot start the worker threads: {e}");
+        return ExitCode::FAILURE;
+    }
+    let mut builder = tokio::runtime::Builder::new_current_thread();
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -97,6 +97,11 @@ pub struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
@@ -177,6 +182,7 @@ pub struct Metrics {
     pub server_in_flight: Family<ServerLabels, Gauge>,
     pub server_ejections: Family<ServerLabels, Gauge>,
     pub server_draining: Family<ServerLabels, Gauge>,
+    pub worker_connections: Family<WorkerLabels, Gauge>,
 }
 
 /// The series a request was last counted in, per thread, so that the next request of the same
@@ -286,6 +292,7 @@ impl Metrics {
             server_in_flight: Family::default(),
             server_ejections: Family::default(),
             server_draining: Family::default(),
+            worker_connections: Family::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -372,6 +379,11 @@ impl Metrics {
             "server_draining",
             "1 when a server is draining",
             m.server_draining.clone(),
+        );
+        r.register(
+            "worker_connections",
+            "Client connections each worker (event-loop thread) is serving",
+            m.worker_connections.clone(),
         );
         let build: Family<BuildLabels, Gauge> = Family::default();
         build

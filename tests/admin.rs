@@ -283,3 +283,48 @@ async fn a_server_a_reload_removed_leaves_the_metrics() {
         );
     }
 }
+
+/// With `--workers 3`, connections are shared out evenly over the three event loops (the main
+/// thread's and two worker threads), each keeps being served where it landed, and the
+/// per-worker gauge follows them in and out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_shared_out_over_the_workers() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config(&backend, "")).unwrap();
+    let weir = Weir::start_path_args(&path, &["web", "plain"], &["--workers", "3"]).await;
+    let admin = Admin::of(&weir).await;
+    let get = b"GET /api/w HTTP/1.1\r\nHost: a\r\n\r\n";
+    let mut conns = Vec::new();
+    for _ in 0..6 {
+        let mut c = support::rawconn::RawConn::connect(weir.addr()).await;
+        assert!(c.send(get).await);
+        assert_eq!(c.response(false).await.status, 200);
+        conns.push(c);
+    }
+    let per_worker =
+        |e: &support::prom::Exposition, w: &str| e.sum("weir_worker_connections", &[("worker", w)]);
+    let e = metrics(&admin).await;
+    for w in ["0", "1", "2"] {
+        assert_eq!(per_worker(&e, w), 2.0, "worker {w} of 3, 6 connections");
+    }
+    // Every connection is still served, a few times over, on the worker it landed on.
+    for _ in 0..3 {
+        for c in conns.iter_mut() {
+            assert!(c.send(get).await);
+            assert_eq!(c.response(false).await.status, 200);
+        }
+    }
+    assert_eq!(backend.requests(), 24);
+    drop(conns);
+    eventually(
+        "every worker's count back to 0",
+        Duration::from_secs(10),
+        || async {
+            let e = metrics(&admin).await;
+            ["0", "1", "2"].iter().all(|w| per_worker(&e, w) == 0.0)
+        },
+    )
+    .await;
+}

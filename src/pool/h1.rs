@@ -99,13 +99,17 @@ enum Slot {
 /// How long an idle server connection keeps hyper's state.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
-/// The HTTP/1.1 connections of one pool, one idle list per server (indexed like the pool's
-/// servers). Each list has its own lock, held only to push or pop.
+/// The HTTP/1.1 connections of one pool, one idle list per server and worker (see [`H1::list`]).
+/// Each list has its own lock, held only to push or pop.
 pub struct H1 {
     connector: Connector,
     builder: http1::Builder,
     https: bool,
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// Workers the lists are split over: a connection goes back to the list of the worker whose
+    /// event loop watches its socket, so it is only ever used there.
+    workers: usize,
+    /// Per list: the pool's `max_idle` shared out over the workers.
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -113,7 +117,7 @@ pub struct H1 {
 impl std::fmt::Debug for H1 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H1")
-            .field("servers", &self.idle.len())
+            .field("servers", &(self.idle.len() / self.workers))
             .finish()
     }
 }
@@ -130,12 +134,16 @@ impl H1 {
         builder
             .preserve_header_case(false)
             .title_case_headers(false);
+        let workers = crate::workers::count();
         let h1 = Arc::new(H1 {
             connector,
             builder,
             https,
-            idle: (0..servers).map(|_| Mutex::new(Vec::new())).collect(),
-            max_idle,
+            idle: (0..servers * workers)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
+            workers,
+            max_idle: max_idle.div_ceil(workers),
             idle_timeout,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
@@ -199,7 +207,7 @@ impl H1 {
     /// fewest connections warm).
     async fn checkout(&self, server: usize) -> Option<Box<Conn>> {
         loop {
-            let idle = self.idle[server].lock().ok()?.pop()?;
+            let idle = self.list(server).lock().ok()?.pop()?;
             if idle.since.elapsed() >= self.idle_timeout {
                 continue;
             }
@@ -218,6 +226,11 @@ impl H1 {
 
     /// A fresh hyper connection over a parked socket, unless the server closed it (or sent
     /// something unasked) meanwhile.
+    /// The calling worker's idle list for `server`.
+    fn list(&self, server: usize) -> &Mutex<Vec<Idle>> {
+        &self.idle[server * self.workers + crate::workers::index() % self.workers]
+    }
+
     async fn unpark(&self, io: Box<Io>) -> Option<Box<Conn>> {
         if !quiet(&io) {
             return None;
@@ -260,7 +273,7 @@ impl H1 {
         if conn.done || self.max_idle == 0 {
             return;
         }
-        if let Ok(mut list) = self.idle[server].lock() {
+        if let Ok(mut list) = self.list(server).lock() {
             if list.len() < self.max_idle {
                 list.push(Idle {
                     conn: Slot::Live(conn),
