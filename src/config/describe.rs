@@ -172,7 +172,7 @@ fn pool(s: &mut String, p: &PoolConfig) {
     let mut conn = vec![
         format!("connect timeout {}", dur(p.connect_timeout)),
         format!("idle {}", dur(p.idle_timeout)),
-        format!("{} idle per server", p.max_idle_per_server),
+        format!("{} idle per server and worker", p.max_idle_per_server),
         match p.protocol {
             UpstreamProtocol::Http1 => "HTTP/1.1".into(),
             UpstreamProtocol::Http2 => "HTTP/2".into(),

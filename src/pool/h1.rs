@@ -109,7 +109,9 @@ pub struct H1 {
     /// Workers the lists are split over: a connection goes back to the list of the worker whose
     /// event loop watches its socket, so it is only ever used there.
     workers: usize,
-    /// Per list: the pool's `max_idle` shared out over the workers.
+    /// Per list, so per worker (as nginx's `keepalive` is per worker process): a cap shared out
+    /// over the workers closed connections a busy worker was about to reuse (measured: the first
+    /// wave of `wrk -c1000` over two workers had p99 140-190 ms against 60-65 ms).
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -143,7 +145,7 @@ impl H1 {
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
             workers,
-            max_idle: max_idle.div_ceil(workers),
+            max_idle,
             idle_timeout,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
