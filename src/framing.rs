@@ -147,6 +147,25 @@ fn is_vchar_or_ws(b: u8) -> bool {
     b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80
 }
 
+/// The length of a whole, well-formed field line at the start of `data`, name to CRLF, when the
+/// field does not frame the message (so nothing in it needs keeping); 0 for anything else, which
+/// then goes through the state machine byte by byte.
+fn other_field_line(data: &[u8]) -> usize {
+    let name = run(data, is_tchar);
+    if name == 0 || data.get(name) != Some(&b':') {
+        return 0;
+    }
+    let n = &data[..name];
+    if n.eq_ignore_ascii_case(b"content-length") || n.eq_ignore_ascii_case(b"transfer-encoding") {
+        return 0;
+    }
+    let end = name + 1 + run(&data[name + 1..], is_vchar_or_ws);
+    match data.get(end..end + 2) {
+        Some(b"\r\n") => end + 2,
+        _ => 0,
+    }
+}
+
 /// Length of the prefix of `data` whose bytes all pass `ok`.
 fn run(data: &[u8], ok: impl Fn(u8) -> bool) -> usize {
     data.iter().position(|&b| !ok(b)).unwrap_or(data.len())
@@ -223,7 +242,16 @@ impl Scan {
     /// instructions per byte.
     fn bulk(&mut self, data: &[u8]) -> usize {
         match self.st {
-            St::Target => run(data, |b| (0x21..0x7f).contains(&b)),
+            St::Start => self.method(data),
+            St::LineStart => other_field_line(data),
+            St::Target => {
+                let n = run(data, |b| (0x21..0x7f).contains(&b));
+                if data.get(n) == Some(&b' ') {
+                    self.st = St::Version;
+                    return n + 1;
+                }
+                n
+            }
             St::Name => {
                 let n = run(data, is_tchar);
                 for &b in &data[..n] {
@@ -245,6 +273,16 @@ impl Scan {
             },
             _ => 0,
         }
+    }
+
+    /// A whole method and the space after it, unless it may be the HTTP/2 preface's `PRI`.
+    fn method(&mut self, data: &[u8]) -> usize {
+        let n = run(data, is_tchar);
+        if n == 0 || data.get(n) != Some(&b' ') || (self.index == 0 && &data[..n] == b"PRI") {
+            return 0;
+        }
+        self.st = St::Target;
+        n + 1
     }
 
     /// Whether the field being read frames the message, so its value must be kept.
@@ -605,6 +643,13 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nContent-Length: 5\r\n\r\n",
+            // Field lines the scan takes whole, next to ones it must read byte by byte.
+            b"POST / HTTP/1.1\r\nX: a\r\ncontent-length: 1\r\nY: b\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\rY: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n\tY: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x7f\r\n\r\n",
+            b"GET\t/ HTTP/1.1\r\n\r\n",
+            b"GET /a\x01b HTTP/1.1\r\n\r\n",
         ] {
             assert!(bad(m), "not flagged: {:?}", String::from_utf8_lossy(m));
         }
