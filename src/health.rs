@@ -149,7 +149,7 @@ async fn probe(pool: &Pool, idx: usize, cfg: &HealthConfig) -> Result<(), String
         .body(ForwardBody::Empty)
         .map_err(|e| e.to_string())?;
     let check = async {
-        let resp = pool.client.request(req).await.map_err(|e| {
+        let resp = pool.client().request(req).await.map_err(|e| {
             let what = if e.is_connect() { "connect" } else { "request" };
             format!("{what}: {}", root_cause(&e))
         })?;

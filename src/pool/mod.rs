@@ -259,7 +259,10 @@ pub struct Pool {
     pub name: Arc<str>,
     pub servers: Box<[Server]>,
     pub balancer: Balancer,
-    pub client: client::UpstreamClient,
+    /// hyper-util's pooled client, one per worker: its HTTP/2 connections run as tasks on the
+    /// worker that opened them, so a shared client would send every other worker's requests
+    /// across threads and back (a wake-up each way).
+    clients: Box<[client::UpstreamClient]>,
     /// Set for HTTP/1.1-only pools: requests drive their upstream connections themselves.
     pub h1: Option<Arc<h1::H1>>,
     pub sticky: Option<Sticky>,
@@ -273,6 +276,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// The calling worker's client (HTTP/2, ALPN-chosen protocols, upgrades, health probes).
+    pub fn client(&self) -> &client::UpstreamClient {
+        &self.clients[crate::workers::index() % self.clients.len()]
+    }
+
     /// Builds a pool, taking over the state of servers that `previous` already had.
     pub fn build(cfg: &PoolConfig, previous: Option<&Pool>) -> Result<Pool, crate::tls::TlsError> {
         let initial = cfg.health.as_ref().is_none_or(|h| h.initial_healthy);
@@ -307,7 +315,9 @@ impl Pool {
         Ok(Pool {
             name: cfg.name.as_str().into(),
             balancer: Balancer::new(cfg.balance, cfg.hash_key.as_deref(), &servers),
-            client: client::build(cfg, connector),
+            clients: (0..crate::workers::count())
+                .map(|_| client::build(cfg, connector.clone()))
+                .collect(),
             h1,
             sticky: cfg
                 .sticky

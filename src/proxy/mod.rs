@@ -602,7 +602,7 @@ async fn send_shared(
     head_timeout: std::time::Duration,
 ) -> attempts::Sent {
     use crate::pool::h1::SendError;
-    let sent = tokio::time::timeout(head_timeout, pool.client.request(req)).await;
+    let sent = tokio::time::timeout(head_timeout, pool.client().request(req)).await;
     sent.map(|r| {
         r.map_err(|e| match e.is_connect() {
             true => SendError::Connect(crate::pool::h1::error_chain(&e)),
