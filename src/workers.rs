@@ -13,8 +13,9 @@
 //! against ~37k for tokio's work-stealing runtime with two threads; two separate one-worker
 //! processes did ~47k (the rest is what the workers share: counters, the balancer, pool locks).
 //!
-//! Upstream HTTP/1.1 connections are pooled per worker too ([`index`]), so a request never polls a
-//! socket that another thread's event loop watches.
+//! Upstream connections are per worker too ([`index`]): HTTP/1.1 idle lists, and hyper-util's
+//! client (HTTP/2 upstreams, upgrades), so a request never waits on a socket or a connection task
+//! that another thread's event loop runs.
 
 use std::cell::Cell;
 use std::future::Future;
