@@ -111,8 +111,8 @@ fn least_loaded(loads: impl Iterator<Item = usize>, me: usize) -> usize {
     }
 }
 
-/// Connections each worker is serving, worker 0 first (one entry with a single worker, which
-/// does not count).
+/// Connections each worker is serving, worker 0 first; none with a single worker, which keeps no
+/// count.
 pub fn loads() -> impl Iterator<Item = usize> {
     LOAD.get()
         .into_iter()
