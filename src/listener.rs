@@ -306,10 +306,6 @@ impl Drop for IpSlot {
 /// One accept loop per worker, each on its own duplicate of the listening socket, registered
 /// with that worker's event loop (see [`crate::workers`]).
 fn accept_on_each_worker(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receiver<bool>) {
-    if crate::workers::count() == 1 {
-        tokio::spawn(accept_loop(sock, ctx, stop));
-        return;
-    }
     let sock = match sock.into_std() {
         Ok(s) => Arc::new(s),
         Err(e) => {

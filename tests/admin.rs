@@ -290,10 +290,12 @@ async fn a_server_a_reload_removed_leaves_the_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_shared_out_over_the_workers() {
     let backend = Backend::start("b").await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, config(&backend, "")).unwrap();
-    let weir = Weir::start_path_args(&path, &["web", "plain"], &["--workers", "3"]).await;
+    let weir = Weir::start_args(
+        &config(&backend, ""),
+        &["web", "plain"],
+        &["--workers", "3"],
+    )
+    .await;
     let admin = Admin::of(&weir).await;
     let get = b"GET /api/w HTTP/1.1\r\nHost: a\r\n\r\n";
     let mut conns = Vec::new();

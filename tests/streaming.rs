@@ -204,13 +204,7 @@ async fn a_server_silent_mid_body_is_cut_on_every_protocol() {
     })
     .await;
 
-    let after = support::raw_request(
-        weir.addr(),
-        b"GET /after HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
-        false,
-    )
-    .await;
-    assert_eq!(after.status, 200);
+    assert_eq!(fresh_get(&weir, "/after").await, 200);
     let conns: Vec<usize> = rec.requests().iter().map(|r| r.conn).collect();
     assert_eq!(
         conns,
@@ -235,10 +229,7 @@ async fn http2_upstream_multiplexes_100_requests_on_one_connection() {
          routes:\n  - name: g\n    pool: p\n",
         b.addr
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let weir = Weir::start_path_args(&path, &["web"], &["--workers", "1"]).await;
+    let weir = Weir::start_args(&yaml, &["web"], &["--workers", "1"]).await;
     let mut tasks = Vec::new();
     for _ in 0..10 {
         let c = grpc::h2c_client(weir.addr()).await;
@@ -290,17 +281,20 @@ async fn a_server_that_breaks_off_mid_body_is_logged_as_such() {
         })
         .await;
     assert!(line.contains("reason=upstream_body_error"), "{line}");
-    let ok = support::raw_request(
-        weir.addr(),
-        b"GET /fine HTTP/1.1\r\nHost: h\r\n\r\n".to_vec(),
-        false,
-    )
-    .await;
-    assert_eq!(ok.status, 200);
+    assert_eq!(fresh_get(&weir, "/fine").await, 200);
     let line = weir
         .wait_log("the access line of the whole response", |l| {
             l.contains("weir::access") && l.contains("path=/fine")
         })
         .await;
     assert!(line.contains("reason=ok"), "{line}");
+}
+
+/// The status of a GET for `path` on a new connection: what a later client gets once an earlier
+/// exchange went wrong.
+async fn fresh_get(weir: &Weir, path: &str) -> u16 {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+    support::raw_request(weir.addr(), req.into_bytes(), false)
+        .await
+        .status
 }

@@ -35,10 +35,15 @@ impl Weir {
 
     /// Like [`Weir::start`], waiting for every listener in `names`.
     pub async fn start_with_listeners(yaml: &str, names: &[&str]) -> Weir {
+        Self::start_args(yaml, names, &[]).await
+    }
+
+    /// Like [`Weir::start_with_listeners`] with extra `weir run` arguments (`--workers 3`...).
+    pub async fn start_args(yaml: &str, names: &[&str], args: &[&str]) -> Weir {
         let dir = tempfile::tempdir().expect("create temp dir");
         let path = dir.path().join("weir.yaml");
         std::fs::write(&path, yaml).expect("write config");
-        Self::spawn(&path, Some(dir), names, &[]).await
+        Self::spawn(&path, Some(dir), names, args).await
     }
 
     /// Serves the config file or directory at `config` (owned by the caller).
