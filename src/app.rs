@@ -264,6 +264,7 @@ impl Proxy {
         }
         self.listeners.close_all();
         let _ = self.drain.send(true);
+        crate::server::wake_parked();
         let open = self.tracker.active();
         tracing::info!(
             open_connections = open,

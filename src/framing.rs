@@ -29,7 +29,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest chunk-size line (size and extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4096;
+const MAX_CHUNK_LINE: u32 = 4096;
 
 pub struct Tap<IO> {
     io: IO,
@@ -98,24 +98,27 @@ struct Scan {
     st: St,
     /// Index of the message being read.
     index: u64,
-    max_head: usize,
-    head_len: usize,
+    /// Head bytes are counted in `u32`s (and lengths below in bytes) to keep an idle
+    /// connection's state small; a head limit above 4 GiB counts as 4 GiB.
+    max_head: u32,
+    head_len: u32,
     trailers: bool,
     first: [u8; 4],
-    first_len: usize,
+    first_len: u8,
     version: [u8; 8],
-    version_len: usize,
+    version_len: u8,
     name: [u8; 18],
-    name_len: usize,
+    /// Saturates: past `name.len()` it only says the name is longer.
+    name_len: u8,
     value: [u8; 24],
-    value_len: usize,
+    value_len: u8,
     value_overflow: bool,
     cl: Option<u64>,
     cl_count: u8,
     te_count: u8,
     chunked: bool,
     chunk_digits: u8,
-    chunk_line: usize,
+    chunk_line: u32,
     remaining: u64,
 }
 
@@ -176,7 +179,7 @@ impl Scan {
         Scan {
             st: St::Start,
             index: 0,
-            max_head,
+            max_head: u32::try_from(max_head).unwrap_or(u32::MAX),
             head_len: 0,
             trailers: false,
             first: [0; 4],
@@ -217,7 +220,9 @@ impl Scan {
             }
             let n = self.bulk(data);
             if n > 0 {
-                self.head_len += n;
+                self.head_len = self
+                    .head_len
+                    .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
                 if self.head_len > self.max_head {
                     return Err(Some(self.index)); // hyper answers 431; nothing later is served
                 }
@@ -287,7 +292,7 @@ impl Scan {
 
     /// Whether the field being read frames the message, so its value must be kept.
     fn framing_field(&self) -> bool {
-        let name = &self.name[..self.name_len.min(self.name.len())];
+        let name = &self.name[..usize::from(self.name_len).min(self.name.len())];
         name == b"content-length" || name == b"transfer-encoding"
     }
 
@@ -318,7 +323,7 @@ impl Scan {
                 Method
             }
             (Method, b' ') => {
-                if self.index == 0 && &self.first[..self.first_len] == b"PRI" {
+                if self.index == 0 && &self.first[..usize::from(self.first_len)] == b"PRI" {
                     return Verdict::Done;
                 }
                 Target
@@ -327,11 +332,11 @@ impl Scan {
             (Target, b' ') => Version,
             (Version, b'\r') => VersionLf,
             (Version, b) if (0x21..0x7f).contains(&b) && self.version_len < 8 => {
-                self.version[self.version_len] = b;
+                self.version[usize::from(self.version_len)] = b;
                 self.version_len += 1;
                 Version
             }
-            (VersionLf, b'\n') => match &self.version[..self.version_len] {
+            (VersionLf, b'\n') => match &self.version[..usize::from(self.version_len)] {
                 b"HTTP/1.1" | b"HTTP/1.0" => LineStart,
                 _ => return Verdict::Bad,
             },
@@ -401,25 +406,25 @@ impl Scan {
     }
 
     fn push_first(&mut self, b: u8) {
-        if self.first_len < self.first.len() {
-            self.first[self.first_len] = b;
+        if usize::from(self.first_len) < self.first.len() {
+            self.first[usize::from(self.first_len)] = b;
             self.first_len += 1;
         }
     }
 
     fn push_name(&mut self, b: u8) {
-        if self.name_len < self.name.len() {
-            self.name[self.name_len] = b.to_ascii_lowercase();
+        if usize::from(self.name_len) < self.name.len() {
+            self.name[usize::from(self.name_len)] = b.to_ascii_lowercase();
         }
-        self.name_len += 1;
+        self.name_len = self.name_len.saturating_add(1);
     }
 
     fn push_value(&mut self, b: u8) {
         if self.value_len == 0 && (b == b' ' || b == b'\t') {
             return; // leading OWS
         }
-        if self.value_len < self.value.len() {
-            self.value[self.value_len] = b;
+        if usize::from(self.value_len) < self.value.len() {
+            self.value[usize::from(self.value_len)] = b;
             self.value_len += 1;
         } else {
             self.value_overflow = true;
@@ -428,13 +433,13 @@ impl Scan {
 
     /// A complete header (or trailer) field; false when it makes the message ambiguous.
     fn end_field(&mut self) -> bool {
-        let kind = match &self.name[..self.name_len.min(self.name.len())] {
-            _ if self.name_len > self.name.len() => Hdr::Other,
+        let kind = match &self.name[..usize::from(self.name_len).min(self.name.len())] {
+            _ if usize::from(self.name_len) > self.name.len() => Hdr::Other,
             b"content-length" => Hdr::ContentLength,
             b"transfer-encoding" => Hdr::TransferEncoding,
             _ => Hdr::Other,
         };
-        let mut v = &self.value[..self.value_len];
+        let mut v = &self.value[..usize::from(self.value_len)];
         while let [rest @ .., b' ' | b'\t'] = v {
             v = rest;
         }
@@ -469,7 +474,7 @@ impl Scan {
         if self.cl_count > 0 && self.te_count > 0 {
             return Verdict::Bad;
         }
-        if self.te_count > 0 && &self.version[..self.version_len] == b"HTTP/1.0" {
+        if self.te_count > 0 && &self.version[..usize::from(self.version_len)] == b"HTTP/1.0" {
             return Verdict::Bad;
         }
         if self.chunked {
@@ -489,7 +494,10 @@ impl Scan {
 
     fn end_message(&mut self) {
         let index = self.index + 1;
-        *self = Scan::new(self.max_head);
+        *self = Scan {
+            max_head: self.max_head,
+            ..Scan::new(0)
+        };
         self.index = index;
     }
 }

@@ -396,12 +396,13 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
             return;
         }
     };
-    crate::workers::spawn_on(worker, move || async move {
-        match tokio::net::TcpStream::from_std(tcp) {
-            Ok(tcp) => crate::server::serve(tcp, peer, listener, shared, drain, guards).await,
-            Err(e) => {
-                tracing::warn!(listener = %listener.name, %peer, error = %e, "a worker cannot take a connection")
-            }
+    crate::workers::spawn_on(worker, move || match tokio::net::TcpStream::from_std(tcp) {
+        Ok(tcp) => Some(crate::server::serve(
+            tcp, peer, listener, shared, drain, guards,
+        )),
+        Err(e) => {
+            tracing::warn!(listener = %listener.name, %peer, error = %e, "a worker cannot take a connection");
+            None
         }
     });
 }

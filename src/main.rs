@@ -8,6 +8,14 @@ use weir::cli::{Cli, Command};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Hands the pages mimalloc holds free back to the OS (see `weir::workers::start`); forced, as
+/// without `force` it purged none of them on an idle worker.
+#[allow(unsafe_code)]
+fn give_back_free_memory() {
+    // SAFETY: `mi_collect` has no preconditions: any thread may call it at any time.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Check { config, verbose } = &cli.command {
@@ -32,12 +40,11 @@ fn main() -> ExitCode {
     let workers = cli.workers.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
-    if let Err(e) = weir::workers::start(workers.max(1)) {
+    if let Err(e) = weir::workers::start(workers.max(1), Some(give_back_free_memory)) {
         eprintln!("weir: cannot start the worker threads: {e}");
         return ExitCode::FAILURE;
     }
-    let mut builder = tokio::runtime::Builder::new_current_thread();
-    let runtime = match builder.enable_all().build() {
+    let runtime = match weir::workers::runtime() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("weir: cannot start the async runtime: {e}");

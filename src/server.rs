@@ -9,6 +9,9 @@
 //! The header-read, idle and send timers are weir's own ([`crate::conn::watchdog`]).
 
 mod idle;
+mod parked;
+
+pub use parked::wake_all as wake_parked;
 
 use crate::boxed;
 use crate::config::ListenerLimits;
@@ -226,15 +229,15 @@ pub fn serve(
     } else {
         Accepted::Tls(Box::new(Tls { tcp, parts }))
     };
-    serve_accepted(accepted, guards)
-}
-
-async fn serve_accepted(accepted: Accepted, _guards: impl Send) {
-    match accepted {
-        Accepted::Plain(client) => serve_http(client).await,
-        // Boxed: the TLS half (rustls state, the handshake) is large, and an unboxed branch would
-        // make every plain-HTTP connection's task that large too.
-        Accepted::Tls(tls) => boxed(serve_tls(tls)).await,
+    // A block, not an async fn: an async fn keeps its arguments twice for as long as it runs.
+    async move {
+        let _guards = &guards;
+        match accepted {
+            Accepted::Plain(client) => serve_http(client).await,
+            // Boxed: the TLS half (rustls state, the handshake) is large, and an unboxed branch
+            // would make every plain-HTTP connection's task that large too.
+            Accepted::Tls(tls) => boxed(serve_tls(tls)).await,
+        }
     }
 }
 
@@ -399,7 +402,7 @@ where
         // Bytes hyper held can only be blank lines before a head (a whole message would have been
         // handed over), so hyper needs more from the socket either way.
         let io = &*c.io.insert(io);
-        if !wait_for_client(io, idle_until, &mut c.shutdown).await {
+        if !parked::wait(io, idle_until, &c.shutdown, DRAIN_GRACE).await {
             tracing::debug!(peer = %c.conn.peer, listener = %c.conn.listener.name, "idle timeout");
             return;
         }
@@ -439,37 +442,6 @@ where
     let mut io = parts.io.into_inner();
     io.unread(parts.read_buf);
     Some((io, since))
-}
-
-/// Waits for a parked connection's client to send again: false when it should be closed instead
-/// (`idle_timeout`, or a drain's grace period passed). One timer for both, and the socket's
-/// readiness polled in place: this is all an idle connection's task holds.
-async fn wait_for_client(
-    io: &impl Socket,
-    idle_until: Instant,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let grace = |until: Instant| until.min(Instant::now() + DRAIN_GRACE);
-    let mut draining = *shutdown.borrow();
-    let first = if draining {
-        grace(idle_until)
-    } else {
-        idle_until
-    };
-    let mut sleep = std::pin::pin!(tokio::time::sleep_until(first));
-    let mut drain = std::pin::pin!(crate::listener::until_set(shutdown));
-    std::future::poll_fn(|cx| {
-        if io.tcp().poll_read_ready(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        if !draining && drain.as_mut().poll(cx).is_ready() {
-            draining = true;
-            let until = grace(sleep.deadline());
-            sleep.as_mut().reset(until);
-        }
-        sleep.as_mut().poll(cx).map(|()| false)
-    })
-    .await
 }
 
 /// Resolves [`DRAIN_GRACE`] after a drain began.

@@ -97,7 +97,7 @@ enum Slot {
 }
 
 /// How long an idle server connection keeps hyper's state.
-const PARK_AFTER: Duration = Duration::from_secs(1);
+const PARK_AFTER: Duration = Duration::from_millis(500);
 
 /// The HTTP/1.1 connections of one pool, one idle list per server and worker (see [`H1::list`]).
 /// Each list has its own lock, held only to push or pop.
@@ -293,7 +293,7 @@ async fn reap(h1: Weak<H1>) {
     let period = h1
         .upgrade()
         .map_or(Duration::from_secs(1), |h| h.idle_timeout / 2)
-        .clamp(Duration::from_millis(250), PARK_AFTER);
+        .clamp(Duration::from_millis(250), PARK_AFTER / 2);
     loop {
         tokio::time::sleep(period).await;
         let Some(h1) = h1.upgrade() else { return };

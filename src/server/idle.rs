@@ -51,23 +51,27 @@ impl<IO: Socket> Socket for Prefixed<IO> {
 /// held when the connection was parked).
 pub struct Prefixed<IO> {
     io: IO,
-    prefix: Bytes,
+    /// `None` when there are none, as nearly always: boxed, so an idle connection keeps 8 bytes
+    /// for it rather than 32.
+    prefix: Option<Box<Bytes>>,
 }
 
 impl<IO> Prefixed<IO> {
     pub fn new(io: IO, prefix: Bytes) -> Self {
+        let prefix = (!prefix.is_empty()).then(|| Box::new(prefix));
         Prefixed { io, prefix }
     }
 
     /// Puts bytes back in front of what is still unread.
     pub fn unread(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.prefix = if self.prefix.is_empty() {
-                bytes
-            } else {
-                [&bytes[..], &self.prefix[..]].concat().into()
-            };
+        if bytes.is_empty() {
+            return;
         }
+        let all = match self.prefix.take() {
+            None => bytes,
+            Some(rest) => [&bytes[..], &rest[..]].concat().into(),
+        };
+        self.prefix = Some(Box::new(all));
     }
 }
 
@@ -77,13 +81,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.prefix.is_empty() {
+        let Some(prefix) = self.prefix.as_mut() else {
             return Pin::new(&mut self.io).poll_read(cx, buf);
-        }
-        let n = self.prefix.len().min(buf.remaining());
-        buf.put_slice(&self.prefix.split_to(n));
-        if self.prefix.is_empty() {
-            self.prefix = Bytes::new(); // frees what it pointed into
+        };
+        let n = prefix.len().min(buf.remaining());
+        buf.put_slice(&prefix.split_to(n));
+        if prefix.is_empty() {
+            self.prefix = None; // frees what it pointed into
         }
         Poll::Ready(Ok(()))
     }

@@ -1,0 +1,347 @@
+//! Parked HTTP/1.1 connections: one idle timer per worker instead of one per connection.
+//!
+//! A parked connection waits for its client to send again, for its `idle_timeout`, or for a drain.
+//! With a tokio `Sleep` (112 bytes) and a watch on the drain signal (160) of its own, that wait was
+//! most of an idle connection's task. Here a parked connection is an entry in its thread's list
+//! (its deadline and its task's waker, 48 bytes), and one sweeper task per thread wakes those
+//! whose deadline passed, so an idle connection's task shrank from 768 to 384 bytes. A drain wakes
+//! every parked connection once ([`wake_all`]), and each moves its own deadline in.
+//!
+//! The list is per thread so a worker never touches another's; it sits behind a mutex all the
+//! same, as a task on a multi-threaded runtime (an embedding, a test) may move between threads.
+
+use super::idle::Socket;
+use slab::Slab;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Deadlines are swept at most this often, so a parked connection closes up to this long after
+/// its `idle_timeout`; a sweep scans every parked connection of the thread (~2 ns each).
+const SWEEP_EVERY: Duration = Duration::from_millis(50);
+
+/// One parked connection.
+struct Entry {
+    deadline: Instant,
+    waker: Option<Waker>,
+    /// Set by the sweeper once `deadline` passed.
+    expired: bool,
+}
+
+/// One thread's parked connections and its sweeper.
+#[derive(Default)]
+struct Registry {
+    entries: Slab<Entry>,
+    /// When the sweeper is due next (`None`: it waits for an entry).
+    due: Option<Instant>,
+    sweeper_waker: Option<Waker>,
+    /// The sweeper's task; it ends with its runtime, and the next park starts another.
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+type Shared = Arc<Mutex<Registry>>;
+
+thread_local! {
+    static LOCAL: Shared = new_registry();
+}
+
+/// Every thread's registry, for [`wake_all`].
+static ALL: Mutex<Vec<Weak<Mutex<Registry>>>> = Mutex::new(Vec::new());
+
+fn new_registry() -> Shared {
+    let r = Shared::default();
+    let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+    all.retain(|w| w.strong_count() > 0);
+    all.push(Arc::downgrade(&r));
+    r
+}
+
+fn lock(r: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Wakes every parked connection, so each sees that a drain began (call after setting the
+/// drain signal).
+pub fn wake_all() {
+    let all: Vec<Shared> = {
+        let all = ALL.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().filter_map(Weak::upgrade).collect()
+    };
+    for r in all {
+        for (_, e) in lock(&r).entries.iter_mut() {
+            if let Some(w) = e.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+/// Resolves `true` once the client sends again (or closes), `false` at `idle_until`, or
+/// `grace` after a drain began if that is sooner.
+pub fn wait<'a, S: Socket>(
+    io: &'a S,
+    idle_until: Instant,
+    shutdown: &'a watch::Receiver<bool>,
+    grace: Duration,
+) -> Parked<'a, S> {
+    Parked {
+        io,
+        shutdown,
+        idle_until,
+        grace,
+        slot: None,
+    }
+}
+
+/// See [`wait`].
+pub struct Parked<'a, S> {
+    io: &'a S,
+    shutdown: &'a watch::Receiver<bool>,
+    idle_until: Instant,
+    grace: Duration,
+    /// The registry and entry this connection is parked in, once polled.
+    slot: Option<(Shared, usize)>,
+}
+
+impl<S: Socket> Future for Parked<'_, S> {
+    type Output = bool;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let this = self.get_mut();
+        if this.io.tcp().poll_read_ready(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        let (registry, key) = this
+            .slot
+            .get_or_insert_with(|| (LOCAL.with(Arc::clone), usize::MAX));
+        let mut reg = lock(registry);
+        if *key == usize::MAX {
+            *key = reg.entries.insert(Entry {
+                deadline: this.idle_until,
+                waker: None,
+                expired: false,
+            });
+        }
+        // Checked after the entry is in, so a drain that `wake_all` missed is seen here.
+        let draining = *this.shutdown.borrow();
+        let Some(e) = reg.entries.get_mut(*key) else {
+            return Poll::Ready(false);
+        };
+        if e.expired {
+            return Poll::Ready(false);
+        }
+        if draining {
+            e.deadline = e.deadline.min(Instant::now() + this.grace);
+        }
+        match &mut e.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        let deadline = e.deadline;
+        reg.ensure_sweeper(registry, deadline);
+        Poll::Pending
+    }
+}
+
+impl<S> Drop for Parked<'_, S> {
+    fn drop(&mut self) {
+        if let Some((registry, key)) = &self.slot {
+            let mut reg = lock(registry);
+            if reg.entries.contains(*key) {
+                reg.entries.remove(*key);
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// Makes sure a sweeper runs and is due by `deadline`.
+    fn ensure_sweeper(&mut self, me: &Shared, deadline: Instant) {
+        if self.sweeper.as_ref().is_none_or(|h| h.is_finished()) {
+            self.due = None;
+            self.sweeper_waker = None;
+            self.sweeper = Some(tokio::spawn(sweep(Arc::downgrade(me))));
+            return;
+        }
+        if self.due.is_none_or(|due| deadline < due) {
+            self.due = Some(deadline);
+            if let Some(w) = self.sweeper_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// Marks and wakes the entries whose deadline passed; the earliest deadline left.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (_, e) in self.entries.iter_mut().filter(|(_, e)| !e.expired) {
+            if e.deadline <= now {
+                e.expired = true;
+                if let Some(w) = e.waker.take() {
+                    w.wake();
+                }
+            } else if next.is_none_or(|n| e.deadline < n) {
+                next = Some(e.deadline);
+            }
+        }
+        next
+    }
+}
+
+/// How long an idle sweeper's timer is set for; an entry due sooner wakes it.
+const IDLE_SLEEP: Duration = Duration::from_secs(3600);
+
+/// One thread's sweeper: sleeps until the earliest deadline (at least [`SWEEP_EVERY`] after the
+/// last sweep), then expires what is due. It ends with its runtime or its registry.
+async fn sweep(registry: Weak<Mutex<Registry>>) {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+    let mut last = Instant::now();
+    std::future::poll_fn(|cx| loop {
+        let Some(r) = registry.upgrade() else {
+            return Poll::Ready(());
+        };
+        let mut reg = lock(&r);
+        match &mut reg.sweeper_waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+        if sleep.as_mut().poll(cx).is_pending() {
+            // An entry parked since the timer was set may be due before it ends.
+            match reg.due.map(|d| d.max(last + SWEEP_EVERY)) {
+                Some(t) if t < sleep.deadline() => {
+                    sleep.as_mut().reset(t);
+                    continue;
+                }
+                _ => return Poll::Pending,
+            }
+        }
+        last = Instant::now();
+        reg.due = reg.expire(last);
+        let next = reg
+            .due
+            .map_or(last + IDLE_SLEEP, |d| d.max(last + SWEEP_EVERY));
+        sleep.as_mut().reset(next);
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    impl Socket for TcpStream {
+        fn tcp(&self) -> &TcpStream {
+            self
+        }
+    }
+
+    /// A connected pair over loopback: (the side weir parks, the client). The first is read
+    /// dry, as hyper leaves a socket it gives back (tokio takes a new socket for readable).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let server = l.accept().await.unwrap().0;
+        server.readable().await.unwrap();
+        let dry = server.try_read(&mut [0; 1]);
+        assert!(matches!(dry, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
+        (server, client)
+    }
+
+    fn parked_here() -> usize {
+        LOCAL.with(|r| lock(r).entries.len())
+    }
+
+    const LONG: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn wakes_when_the_client_sends_and_leaves_no_entry() {
+        let (server, mut client) = pair().await;
+        let (_tx, rx) = watch::channel(false);
+        let wait = wait(&server, Instant::now() + LONG, &rx, LONG);
+        let send = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client.write_all(b"GET").await.unwrap();
+        };
+        let (sent, ()) = tokio::time::timeout(LONG, async { tokio::join!(wait, send) })
+            .await
+            .expect("not woken by the client's bytes");
+        assert!(sent);
+        assert_eq!(parked_here(), 0);
+    }
+
+    #[tokio::test]
+    async fn each_connection_expires_at_its_own_deadline() {
+        let (a, _ca) = pair().await;
+        let (b, _cb) = pair().await;
+        let (_tx, rx) = watch::channel(false);
+        let start = Instant::now();
+        let late = wait(&b, start + Duration::from_millis(400), &rx, LONG);
+        let early = async {
+            let sent = wait(&a, start + Duration::from_millis(100), &rx, LONG).await;
+            (sent, start.elapsed())
+        };
+        let ((sent_a, at_a), sent_b) =
+            tokio::time::timeout(LONG, async { tokio::join!(early, late) })
+                .await
+                .expect("an idle deadline was missed");
+        assert!(!sent_a && !sent_b);
+        assert!(
+            at_a >= Duration::from_millis(100),
+            "expired early: {at_a:?}"
+        );
+        assert!(start.elapsed() >= Duration::from_millis(400));
+        assert_eq!(parked_here(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_drain_cuts_the_wait_to_the_grace_period() {
+        let (server, _client) = pair().await;
+        let (tx, rx) = watch::channel(false);
+        let start = Instant::now();
+        let wait = wait(&server, start + LONG, &rx, Duration::from_millis(100));
+        let drain = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.send(true).unwrap();
+            wake_all();
+        };
+        let (sent, ()) = tokio::time::timeout(LONG / 2, async { tokio::join!(wait, drain) })
+            .await
+            .expect("a drain did not end the wait");
+        assert!(!sent);
+        assert!(start.elapsed() >= Duration::from_millis(150));
+    }
+
+    #[tokio::test]
+    async fn parked_after_a_drain_began_gets_only_the_grace_period() {
+        let (server, _client) = pair().await;
+        let (_tx, rx) = watch::channel(true);
+        let wait = wait(
+            &server,
+            Instant::now() + LONG,
+            &rx,
+            Duration::from_millis(50),
+        );
+        let sent = tokio::time::timeout(LONG / 2, wait)
+            .await
+            .expect("drain not seen");
+        assert!(!sent);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_wait_leaves_no_entry() {
+        let (server, _client) = pair().await;
+        let (_tx, rx) = watch::channel(false);
+        let mut wait = Box::pin(wait(&server, Instant::now() + LONG, &rx, LONG));
+        let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
+        assert_eq!(parked_here(), 1);
+        drop(wait);
+        assert_eq!(parked_here(), 0);
+    }
+}
