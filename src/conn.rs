@@ -20,7 +20,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{
-    AtomicBool, AtomicU64, AtomicUsize,
+    AtomicBool, AtomicU32, AtomicU64,
     Ordering::{Acquire, Relaxed, Release},
 };
 use std::sync::{Arc, OnceLock};
@@ -35,6 +35,13 @@ mod watchdog;
 pub use gate::Gated;
 pub use watchdog::{watchdog, Expired, Start, Timeouts};
 
+/// What connections' time stamps count from: one origin for all, rather than an `Instant` (16
+/// bytes) in every connection's state, which keeps that state in a 128-byte allocation.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
 /// No ambiguous message seen.
 const CLEAN: u64 = u64::MAX;
 
@@ -47,7 +54,7 @@ pub struct ConnState {
     /// HTTP/2 (ALPN or prior knowledge): bytes between streams are not a request head.
     pub h2: AtomicBool,
     requests: AtomicU64,
-    in_flight: AtomicUsize,
+    in_flight: AtomicU32,
     /// Armed by the watchdog while idle; the tap disarms it on the next read and wakes the watchdog.
     read_armed: AtomicBool,
     /// Set by the framing tap while the bytes it has seen end inside a request head: a head
@@ -60,12 +67,11 @@ pub struct ConnState {
     /// flushes only once its own write buffer is empty).
     flushed: AtomicBool,
     wake: Notify,
-    /// The origin of the stamps below, which are nanoseconds after it plus one (0: none).
-    opened: Instant,
+    // The stamps below are nanoseconds after [`epoch`] plus one (0: none).
     /// When a socket write first found the socket full, with no write making progress since.
     blocked_at: AtomicU64,
     /// HTTP/2 responses whose last frame hyper holds until the client's window lets it go.
-    held: AtomicUsize,
+    held: AtomicU32,
     /// When the latest of those frames was handed over.
     handed_at: AtomicU64,
     /// Set when `send_timeout` closed the connection: the requests it cut are logged with it.
@@ -81,15 +87,14 @@ impl Default for ConnState {
             upgraded: AtomicBool::new(false),
             h2: AtomicBool::new(false),
             requests: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: AtomicU32::new(0),
             read_armed: AtomicBool::new(false),
             head_pending: AtomicBool::new(false),
             boundary: AtomicU64::new(0),
             flushed: AtomicBool::new(true),
             wake: Notify::new(),
-            opened: Instant::now(),
             blocked_at: AtomicU64::new(0),
-            held: AtomicUsize::new(0),
+            held: AtomicU32::new(0),
             handed_at: AtomicU64::new(0),
             send_timed_out: AtomicBool::new(false),
             reply: OnceLock::new(),
@@ -189,7 +194,7 @@ impl ConnState {
     }
 
     fn stamp(&self) -> u64 {
-        self.opened.elapsed().as_nanos() as u64 + 1
+        epoch().elapsed().as_nanos() as u64 + 1
     }
 
     /// Since when the client has taken none of the response bytes weir has ready, if it has not.
@@ -197,7 +202,7 @@ impl ConnState {
         let blocked = Some(self.blocked_at.load(Relaxed)).filter(|&b| b != 0);
         let held = (self.held.load(Acquire) > 0).then(|| self.handed_at.load(Relaxed));
         let since = blocked.into_iter().chain(held).min()?;
-        Some(self.opened + Duration::from_nanos(since - 1))
+        Some(epoch() + Duration::from_nanos(since - 1))
     }
 
     /// Marks the connection as closed by `send_timeout`; true if a request was being answered (it

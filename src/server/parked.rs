@@ -3,7 +3,7 @@
 //! A parked connection waits for its client to send again, for its `idle_timeout`, or for a drain.
 //! With a tokio `Sleep` (112 bytes) and a watch on the drain signal (160) of its own, that wait was
 //! most of an idle connection's task. Here a parked connection is an entry in its thread's list
-//! (its deadline and its task's waker, 48 bytes), and one sweeper task per thread wakes those
+//! (its deadline and its task's waker, 32 bytes), and one sweeper task per thread wakes those
 //! whose deadline passed, so an idle connection's task shrank from 768 to 384 bytes. A drain wakes
 //! every parked connection once ([`wake_all`]), and each moves its own deadline in.
 //!
@@ -24,17 +24,19 @@ use tokio::time::Instant;
 /// its `idle_timeout`; a sweep scans every parked connection of the thread (~2 ns each).
 const SWEEP_EVERY: Duration = Duration::from_millis(50);
 
-/// One parked connection.
+/// One parked connection: 24 bytes (32 in the slab).
 struct Entry {
-    deadline: Instant,
     waker: Option<Waker>,
-    /// Set by the sweeper once `deadline` passed.
-    expired: bool,
+    /// The deadline as a [`Registry::stamp`]; [`EXPIRED`] once the sweeper found it passed.
+    due: u64,
 }
 
+const EXPIRED: u64 = 0;
+
 /// One thread's parked connections and its sweeper.
-#[derive(Default)]
 struct Registry {
+    /// What entries' deadlines count milliseconds from.
+    epoch: Instant,
     entries: Slab<Entry>,
     /// When the sweeper is due next (`None`: it waits for an entry).
     due: Option<Instant>,
@@ -53,7 +55,13 @@ thread_local! {
 static ALL: Mutex<Vec<Weak<Mutex<Registry>>>> = Mutex::new(Vec::new());
 
 fn new_registry() -> Shared {
-    let r = Shared::default();
+    let r = Arc::new(Mutex::new(Registry {
+        epoch: Instant::now(),
+        entries: Slab::new(),
+        due: None,
+        sweeper_waker: None,
+        sweeper: None,
+    }));
     let mut all = ALL.lock().unwrap_or_else(|e| e.into_inner());
     all.retain(|w| w.strong_count() > 0);
     all.push(Arc::downgrade(&r));
@@ -120,28 +128,27 @@ impl<S: Socket> Future for Parked<'_, S> {
             .get_or_insert_with(|| (LOCAL.with(Arc::clone), usize::MAX));
         let mut reg = lock(registry);
         if *key == usize::MAX {
-            *key = reg.entries.insert(Entry {
-                deadline: this.idle_until,
-                waker: None,
-                expired: false,
-            });
+            let due = reg.stamp(this.idle_until);
+            *key = reg.entries.insert(Entry { waker: None, due });
         }
         // Checked after the entry is in, so a drain that `wake_all` missed is seen here.
         let draining = *this.shutdown.borrow();
+        let grace = draining.then(|| reg.stamp(Instant::now() + this.grace));
         let Some(e) = reg.entries.get_mut(*key) else {
             return Poll::Ready(false);
         };
-        if e.expired {
+        if e.due == EXPIRED {
             return Poll::Ready(false);
         }
-        if draining {
-            e.deadline = e.deadline.min(Instant::now() + this.grace);
+        if let Some(grace) = grace {
+            e.due = e.due.min(grace);
         }
         match &mut e.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             w => *w = Some(cx.waker().clone()),
         }
-        let deadline = e.deadline;
+        let due = e.due;
+        let deadline = reg.instant(due);
         reg.ensure_sweeper(registry, deadline);
         Poll::Pending
     }
@@ -177,18 +184,31 @@ impl Registry {
 
     /// Marks and wakes the entries whose deadline passed; the earliest deadline left.
     fn expire(&mut self, now: Instant) -> Option<Instant> {
-        let mut next: Option<Instant> = None;
-        for (_, e) in self.entries.iter_mut().filter(|(_, e)| !e.expired) {
-            if e.deadline <= now {
-                e.expired = true;
+        let now = self.stamp(now);
+        let mut next = u64::MAX;
+        for (_, e) in self.entries.iter_mut().filter(|(_, e)| e.due != EXPIRED) {
+            if e.due <= now {
+                e.due = EXPIRED;
                 if let Some(w) = e.waker.take() {
                     w.wake();
                 }
-            } else if next.is_none_or(|n| e.deadline < n) {
-                next = Some(e.deadline);
+            } else {
+                next = next.min(e.due);
             }
         }
-        next
+        (next != u64::MAX).then(|| self.instant(next))
+    }
+
+    /// `t` as whole milliseconds after the epoch, rounded up (a connection never expires before
+    /// its deadline), plus one so that no deadline is [`EXPIRED`].
+    fn stamp(&self, t: Instant) -> u64 {
+        let micros = t.saturating_duration_since(self.epoch).as_micros();
+        u64::try_from(micros.div_ceil(1000)).map_or(u64::MAX, |ms| ms.saturating_add(1))
+    }
+
+    /// The instant a [`Registry::stamp`] stands for.
+    fn instant(&self, stamp: u64) -> Instant {
+        self.epoch + Duration::from_millis(stamp.saturating_sub(1))
     }
 }
 
