@@ -362,7 +362,8 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
     let slot = match limits.max_connections_per_ip {
         0 => None,
         max => match ctx.per_ip.admit(peer.ip().to_canonical(), max) {
-            Some(s) => Some(s),
+            // Boxed: it is kept for the connection's life in its task, which is smaller without it.
+            Some(s) => Some(Box::new(s)),
             None => {
                 ctx.series.refused.inc();
                 tracing::debug!(listener = %listener.name, %peer, "per-address connection cap reached");

@@ -146,6 +146,10 @@ struct Client<IO> {
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
+    /// Where the next request head's clock starts: when the connection was ready for HTTP, then
+    /// when its client sent again after a park. Kept here rather than in the task, which holds
+    /// it while parked.
+    head_from: Instant,
 }
 
 /// The socket for hyper, with the parts it is served with.
@@ -198,6 +202,7 @@ impl Parts {
             }),
             shared: self.shared,
             shutdown: self.shutdown,
+            head_from: Instant::now(),
         })
     }
 }
@@ -309,28 +314,34 @@ async fn handshake(
 }
 
 /// Everything that is not a parked HTTP/1.1 connection is boxed here, so that what an idle
-/// connection's task holds is its wait alone.
-async fn serve_http<IO>(mut c: Box<Client<IO>>)
+/// connection's task holds is its wait alone (a block, not an async fn, which would keep `c`
+/// twice).
+#[allow(clippy::manual_async_fn)] // an async fn would keep `c` twice
+fn serve_http<IO>(mut c: Box<Client<IO>>) -> impl Future<Output = ()>
 where
     IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let opened = Instant::now();
-    // HTTP/2 by ALPN is known already; otherwise the first bytes tell (h2c with prior knowledge).
-    let started = !c.conn.state.h2.load(Relaxed);
-    if started {
-        let deadline = opened + c.conn.listener.http.timeouts.header_read;
-        match boxed(first_bytes(&mut c, deadline)).await {
-            Speaks::Http1 => return serve_h1(c, opened).await,
-            Speaks::Http2 => {}
-            // Nothing was asked: a silent close, as nginx and HAProxy do for an idle pre-request socket.
-            Speaks::Nothing => return,
+    async move {
+        c.head_from = Instant::now();
+        // HTTP/2 by ALPN is known already; otherwise the first bytes tell (h2c with prior
+        // knowledge).
+        let started = !c.conn.state.h2.load(Relaxed);
+        if started {
+            let deadline = c.head_from + c.conn.listener.http.timeouts.header_read;
+            match boxed(first_bytes(&mut c, deadline)).await {
+                Speaks::Http1 => return serve_h1(c).await,
+                Speaks::Http2 => {}
+                // Nothing was asked: a silent close, as nginx and HAProxy do for an idle
+                // pre-request socket.
+                Speaks::Nothing => return,
+            }
         }
+        let start = Start::Head {
+            at: c.head_from,
+            started,
+        };
+        boxed(serve_h2(c, start)).await
     }
-    let start = Start::Head {
-        at: opened,
-        started,
-    };
-    boxed(serve_h2(c, start)).await
 }
 
 /// The connection's first bytes, read within the first head's deadline (or a drain's grace).
@@ -373,46 +384,64 @@ where
 enum Park {
     Never,
     Now,
-    After(std::time::Duration),
+    /// After [`PARK_AFTER`] idle.
+    After,
 }
 
 /// How long a connection that has shown it comes back quickly sits idle before it parks.
 const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Serves HTTP/1.1 requests, parking the connection whenever it sits idle.
-async fn serve_h1<IO>(mut c: Box<Client<IO>>, opened: Instant)
+/// Serves HTTP/1.1 requests, parking the connection whenever it sits idle. A block, not an async
+/// fn, and nothing but `park` kept from one request to the next: while parked, this future is
+/// what the connection's task holds.
+#[allow(clippy::manual_async_fn)] // an async fn would keep `c` twice
+fn serve_h1<IO>(mut c: Box<Client<IO>>) -> impl Future<Output = ()>
 where
     IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
-    let mut start = Start::Head {
-        at: opened,
-        started: true,
-    };
-    let mut park = Park::Now;
-    loop {
-        let Some((io, conn, shared, shutdown)) = c.take_io() else {
-            return;
-        };
-        // Boxed: while parked, only the wait below is left of this connection's task.
-        let active = boxed(serve_until_idle(io, conn, shared, shutdown, start, park));
-        let Some((io, since)) = active.await else {
-            return;
-        };
-        let idle_until = since + c.conn.listener.http.timeouts.idle;
-        // Bytes hyper held can only be blank lines before a head (a whole message would have been
-        // handed over), so hyper needs more from the socket either way.
-        let io = &*c.io.insert(io);
-        if !parked::wait(io, idle_until, &c.shutdown, DRAIN_GRACE).await {
-            tracing::debug!(peer = %c.conn.peer, listener = %c.conn.listener.name, "idle timeout");
-            return;
+    async move {
+        let mut park = Park::Now;
+        loop {
+            let start = Start::Head {
+                at: c.head_from,
+                started: true,
+            };
+            let Some((io, conn, shared, shutdown)) = c.take_io() else {
+                return;
+            };
+            // Boxed: while parked, only the wait below is left of this connection's task.
+            let active = boxed(serve_until_idle(io, conn, shared, shutdown, start, park));
+            let Some((io, since)) = active.await else {
+                return;
+            };
+            // Bytes hyper held can only be blank lines before a head (a whole message would have
+            // been handed over), so hyper needs more from the socket either way.
+            c.io = Some(io);
+            let Some(since) = parked::wait(&*c, since).await else {
+                tracing::debug!(peer = %c.conn.peer, listener = %c.conn.listener.name, "idle timeout");
+                return;
+            };
+            if since.elapsed() < PARK_AFTER {
+                park = Park::After;
+            }
+            c.head_from = Instant::now();
         }
-        if since.elapsed() < PARK_AFTER {
-            park = Park::After(PARK_AFTER);
-        }
-        start = Start::Head {
-            at: Instant::now(),
-            started: true,
-        };
+    }
+}
+
+impl<IO: Socket> parked::Parkable for Client<IO> {
+    type Socket = Prefixed<IO>;
+
+    fn socket(&self) -> Option<&Prefixed<IO>> {
+        self.io.as_ref()
+    }
+
+    fn draining(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    fn idle_timeout(&self) -> std::time::Duration {
+        self.conn.listener.http.timeouts.idle
     }
 }
 
@@ -504,7 +533,7 @@ where
     let timeouts = conn.listener.http.timeouts;
     let result = loop {
         let park_after = match park {
-            Park::After(d) => Some(d),
+            Park::After => Some(PARK_AFTER),
             _ => None,
         };
         let watchdog = std::pin::pin!(crate::conn::watchdog(

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Deadlines are swept at most this often, so a parked connection closes up to this long after
@@ -88,57 +87,68 @@ pub fn wake_all() {
     }
 }
 
-/// Resolves `true` once the client sends again (or closes), `false` at `idle_until`, or
-/// `grace` after a drain began if that is sooner.
-pub fn wait<'a, S: Socket>(
-    io: &'a S,
-    idle_until: Instant,
-    shutdown: &'a watch::Receiver<bool>,
-    grace: Duration,
-) -> Parked<'a, S> {
+/// A parked connection, as its wait sees it: through one reference, so that the wait (which is
+/// all a parked connection's task holds) stays small.
+pub trait Parkable {
+    type Socket: Socket;
+    /// `None` if the connection has no socket to wait on (it is then not waited for).
+    fn socket(&self) -> Option<&Self::Socket>;
+    /// Whether a drain has begun.
+    fn draining(&self) -> bool;
+    fn idle_timeout(&self) -> Duration;
+    /// How long a drain leaves it.
+    fn drain_grace(&self) -> Duration {
+        super::DRAIN_GRACE
+    }
+}
+
+/// Resolves once the client of `conn`, idle since `since`, sends again (or closes): to `since`;
+/// or to `None` at its idle timeout, or its drain grace after a drain began if that is sooner.
+pub fn wait<P: Parkable>(conn: &P, since: Instant) -> Parked<'_, P> {
     Parked {
-        io,
-        shutdown,
-        idle_until,
-        grace,
+        conn,
+        since,
         slot: None,
     }
 }
 
 /// See [`wait`].
-pub struct Parked<'a, S> {
-    io: &'a S,
-    shutdown: &'a watch::Receiver<bool>,
-    idle_until: Instant,
-    grace: Duration,
+pub struct Parked<'a, P> {
+    conn: &'a P,
+    since: Instant,
     /// The registry and entry this connection is parked in, once polled.
     slot: Option<(Shared, usize)>,
 }
 
-impl<S: Socket> Future for Parked<'_, S> {
-    type Output = bool;
+impl<P: Parkable> Future for Parked<'_, P> {
+    type Output = Option<Instant>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Instant>> {
         let this = self.get_mut();
-        if this.io.tcp().poll_read_ready(cx).is_ready() {
-            return Poll::Ready(true);
+        let Some(socket) = this.conn.socket() else {
+            return Poll::Ready(None);
+        };
+        if socket.tcp().poll_read_ready(cx).is_ready() {
+            return Poll::Ready(Some(this.since));
         }
         let (registry, key) = this
             .slot
             .get_or_insert_with(|| (LOCAL.with(Arc::clone), usize::MAX));
         let mut reg = lock(registry);
         if *key == usize::MAX {
-            let due = reg.stamp(this.idle_until);
+            let due = reg.stamp(this.since + this.conn.idle_timeout());
             *key = reg.entries.insert(Entry { waker: None, due });
         }
         // Checked after the entry is in, so a drain that `wake_all` missed is seen here.
-        let draining = *this.shutdown.borrow();
-        let grace = draining.then(|| reg.stamp(Instant::now() + this.grace));
+        let grace = this
+            .conn
+            .draining()
+            .then(|| reg.stamp(Instant::now() + this.conn.drain_grace()));
         let Some(e) = reg.entries.get_mut(*key) else {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         };
         if e.due == EXPIRED {
-            return Poll::Ready(false);
+            return Poll::Ready(None);
         }
         if let Some(grace) = grace {
             e.due = e.due.min(grace);
@@ -254,6 +264,7 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use tokio::net::{TcpListener, TcpStream};
+    use tokio::sync::watch;
 
     impl Socket for TcpStream {
         fn tcp(&self) -> &TcpStream {
@@ -261,16 +272,50 @@ mod tests {
         }
     }
 
-    /// A connected pair over loopback: (the side weir parks, the client). The first is read
-    /// dry, as hyper leaves a socket it gives back (tokio takes a new socket for readable).
-    async fn pair() -> (TcpStream, TcpStream) {
+    /// A parked connection's side of a loopback pair, with its idle timeout and drain signal.
+    struct Conn {
+        socket: TcpStream,
+        idle: Duration,
+        drain: watch::Receiver<bool>,
+        grace: Duration,
+    }
+
+    impl Parkable for Conn {
+        type Socket = TcpStream;
+        fn socket(&self) -> Option<&TcpStream> {
+            Some(&self.socket)
+        }
+        fn draining(&self) -> bool {
+            *self.drain.borrow()
+        }
+        fn idle_timeout(&self) -> Duration {
+            self.idle
+        }
+        fn drain_grace(&self) -> Duration {
+            self.grace
+        }
+    }
+
+    /// A connected pair over loopback: the side weir parks (read dry, as hyper leaves a socket
+    /// it gives back: tokio takes a new socket for readable) and the client.
+    async fn pair(idle: Duration, drain: &watch::Receiver<bool>) -> (Conn, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let server = l.accept().await.unwrap().0;
-        server.readable().await.unwrap();
-        let dry = server.try_read(&mut [0; 1]);
+        let socket = l.accept().await.unwrap().0;
+        socket.readable().await.unwrap();
+        let dry = socket.try_read(&mut [0; 1]);
         assert!(matches!(dry, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock));
-        (server, client)
+        let drain = drain.clone();
+        let grace = Duration::from_millis(100);
+        (
+            Conn {
+                socket,
+                idle,
+                drain,
+                grace,
+            },
+            client,
+        )
     }
 
     fn parked_here() -> usize {
@@ -281,36 +326,33 @@ mod tests {
 
     #[tokio::test]
     async fn wakes_when_the_client_sends_and_leaves_no_entry() {
-        let (server, mut client) = pair().await;
         let (_tx, rx) = watch::channel(false);
-        let wait = wait(&server, Instant::now() + LONG, &rx, LONG);
+        let (conn, mut client) = pair(LONG, &rx).await;
+        let since = Instant::now();
         let send = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             client.write_all(b"GET").await.unwrap();
         };
-        let (sent, ()) = tokio::time::timeout(LONG, async { tokio::join!(wait, send) })
-            .await
-            .expect("not woken by the client's bytes");
-        assert!(sent);
+        let (woke, ()) =
+            tokio::time::timeout(LONG, async { tokio::join!(wait(&conn, since), send) })
+                .await
+                .expect("not woken by the client's bytes");
+        assert_eq!(woke, Some(since));
         assert_eq!(parked_here(), 0);
     }
 
     #[tokio::test]
     async fn each_connection_expires_at_its_own_deadline() {
-        let (a, _ca) = pair().await;
-        let (b, _cb) = pair().await;
         let (_tx, rx) = watch::channel(false);
+        let (a, _ca) = pair(Duration::from_millis(100), &rx).await;
+        let (b, _cb) = pair(Duration::from_millis(400), &rx).await;
         let start = Instant::now();
-        let late = wait(&b, start + Duration::from_millis(400), &rx, LONG);
-        let early = async {
-            let sent = wait(&a, start + Duration::from_millis(100), &rx, LONG).await;
-            (sent, start.elapsed())
-        };
-        let ((sent_a, at_a), sent_b) =
-            tokio::time::timeout(LONG, async { tokio::join!(early, late) })
+        let early = async { (wait(&a, start).await, start.elapsed()) };
+        let ((woke_a, at_a), woke_b) =
+            tokio::time::timeout(LONG, async { tokio::join!(early, wait(&b, start)) })
                 .await
                 .expect("an idle deadline was missed");
-        assert!(!sent_a && !sent_b);
+        assert_eq!((woke_a, woke_b), (None, None));
         assert!(
             at_a >= Duration::from_millis(100),
             "expired early: {at_a:?}"
@@ -321,43 +363,37 @@ mod tests {
 
     #[tokio::test]
     async fn a_drain_cuts_the_wait_to_the_grace_period() {
-        let (server, _client) = pair().await;
         let (tx, rx) = watch::channel(false);
+        let (conn, _client) = pair(LONG, &rx).await;
         let start = Instant::now();
-        let wait = wait(&server, start + LONG, &rx, Duration::from_millis(100));
         let drain = async {
             tokio::time::sleep(Duration::from_millis(50)).await;
             tx.send(true).unwrap();
             wake_all();
         };
-        let (sent, ()) = tokio::time::timeout(LONG / 2, async { tokio::join!(wait, drain) })
-            .await
-            .expect("a drain did not end the wait");
-        assert!(!sent);
+        let (woke, ()) =
+            tokio::time::timeout(LONG / 2, async { tokio::join!(wait(&conn, start), drain) })
+                .await
+                .expect("a drain did not end the wait");
+        assert_eq!(woke, None);
         assert!(start.elapsed() >= Duration::from_millis(150));
     }
 
     #[tokio::test]
     async fn parked_after_a_drain_began_gets_only_the_grace_period() {
-        let (server, _client) = pair().await;
         let (_tx, rx) = watch::channel(true);
-        let wait = wait(
-            &server,
-            Instant::now() + LONG,
-            &rx,
-            Duration::from_millis(50),
-        );
-        let sent = tokio::time::timeout(LONG / 2, wait)
+        let (conn, _client) = pair(LONG, &rx).await;
+        let woke = tokio::time::timeout(LONG / 2, wait(&conn, Instant::now()))
             .await
             .expect("drain not seen");
-        assert!(!sent);
+        assert_eq!(woke, None);
     }
 
     #[tokio::test]
     async fn a_dropped_wait_leaves_no_entry() {
-        let (server, _client) = pair().await;
         let (_tx, rx) = watch::channel(false);
-        let mut wait = Box::pin(wait(&server, Instant::now() + LONG, &rx, LONG));
+        let (conn, _client) = pair(LONG, &rx).await;
+        let mut wait = Box::pin(wait(&conn, Instant::now()));
         let polled = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
         assert!(polled.is_pending());
         assert_eq!(parked_here(), 1);
