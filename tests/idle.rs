@@ -157,7 +157,7 @@ async fn parked_tls_connection_serves_again() {
     assert_eq!(rec.connections(), 1, "the server connection was not reused");
 }
 
-/// Not a speed target: a bound far above what weir needs (about 2 KB each), far below what an
+/// Not a speed target: a bound far above what weir needs (about 1 KB each), far below what an
 /// unparked connection costs (about 30 KB), so that a change that stops parking fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_are_small() {
