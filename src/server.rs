@@ -314,8 +314,7 @@ async fn handshake(
 }
 
 /// Everything that is not a parked HTTP/1.1 connection is boxed here, so that what an idle
-/// connection's task holds is its wait alone (a block, not an async fn, which would keep `c`
-/// twice).
+/// connection's task holds is its wait alone.
 #[allow(clippy::manual_async_fn)] // an async fn would keep `c` twice
 fn serve_http<IO>(mut c: Box<Client<IO>>) -> impl Future<Output = ()>
 where

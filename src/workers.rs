@@ -34,7 +34,7 @@ thread_local! {
     static INDEX: Cell<usize> = const { Cell::new(0) };
 }
 
-/// What every worker runs once a second, busy or not, set by the binary, which chooses the
+/// What every worker runs every [`UPKEEP_EVERY`], busy or not, set by the binary, which chooses the
 /// allocator: it hands the memory the allocator holds free back to the OS. mimalloc keeps the
 /// free pages of a segment that is still in use until it is next called on them, which a worker
 /// whose connections all went idle is not: 10,000 connections opened at once, then idle, left it
@@ -47,7 +47,7 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Starts `n - 1` worker threads beside the calling (main) thread, each with a runtime from
 /// [`runtime`] that runs whatever is spawned on it until the process exits; every worker runs
-/// `upkeep` once a second. Only the first call starts any.
+/// `upkeep` every [`UPKEEP_EVERY`]. Only the first call starts any.
 pub fn start(n: usize, upkeep: Option<fn()>) -> std::io::Result<()> {
     if let Some(f) = upkeep {
         let _ = UPKEEP.set(f);
@@ -173,7 +173,7 @@ impl Drop for Serving {
 /// Spawns the future `make` returns (if any) on worker `worker`'s runtime (the current one for
 /// the calling worker). `make` runs there, and its future is spawned there as a task of its own
 /// rather than awaited inside another: a task that built and then awaited it would keep the
-/// closure's captures beside it (a parked connection's task was 768 bytes that way, not 384).
+/// closure's captures beside it (a parked connection's task was 768 bytes that way; it is 256).
 pub fn spawn_on<F, Fut>(worker: usize, make: F)
 where
     F: FnOnce() -> Option<Fut> + Send + 'static,
