@@ -72,6 +72,14 @@ fn lock(r: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
     r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Keeps `cx`'s waker in `slot`, cloning it only if it is not the one there already.
+fn remember(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        w => *w = Some(cx.waker().clone()),
+    }
+}
+
 /// Wakes every parked connection, so each sees that a drain began (call after setting the
 /// drain signal).
 pub fn wake_all() {
@@ -154,10 +162,7 @@ impl<P: Parkable> Future for Parked<'_, P> {
         if let Some(grace) = grace {
             e.due = e.due.min(grace);
         }
-        match &mut e.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
+        remember(&mut e.waker, cx);
         let due = e.due;
         let deadline = reg.instant(due);
         reg.ensure_sweeper(registry, deadline);
@@ -168,10 +173,7 @@ impl<P: Parkable> Future for Parked<'_, P> {
 impl<S> Drop for Parked<'_, S> {
     fn drop(&mut self) {
         if let Some((registry, key)) = &self.slot {
-            let mut reg = lock(registry);
-            if reg.entries.contains(*key) {
-                reg.entries.remove(*key);
-            }
+            lock(registry).entries.try_remove(*key);
         }
     }
 }
@@ -236,10 +238,7 @@ async fn sweep(registry: Weak<Mutex<Registry>>) {
             return Poll::Ready(());
         };
         let mut reg = lock(&r);
-        match &mut reg.sweeper_waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            w => *w = Some(cx.waker().clone()),
-        }
+        remember(&mut reg.sweeper_waker, cx);
         if sleep.as_mut().poll(cx).is_pending() {
             // An entry parked since the timer was set may be due before it ends.
             match reg.due.map(|d| d.max(last + SWEEP_EVERY)) {
