@@ -27,7 +27,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 mod gate;
@@ -55,7 +54,8 @@ pub struct ConnState {
     pub h2: AtomicBool,
     requests: AtomicU64,
     in_flight: AtomicU32,
-    /// Armed by the watchdog while idle; the tap disarms it on the next read and wakes the watchdog.
+    /// Armed when a request ends (and by the watchdog before the first head); the tap disarms it
+    /// on the next read and stamps [`ConnState::head_at`].
     read_armed: AtomicBool,
     /// Set by the framing tap while the bytes it has seen end inside a request head: a head
     /// pipelined behind a request (in the same read) that has not arrived whole.
@@ -66,8 +66,14 @@ pub struct ConnState {
     /// Set by the tap: the last thing asked of the write side was a flush, and it finished (hyper
     /// flushes only once its own write buffer is empty).
     flushed: AtomicBool,
-    wake: Notify,
-    // The stamps below are nanoseconds after [`epoch`] plus one (0: none).
+    // The stamps below are nanoseconds after [`epoch`] plus one (0: none). The watchdog reads
+    // them when its timer fires; nothing wakes it (a wake-up per request would cost the
+    // connection's task an extra turn per request).
+    /// When the last request ended (stamped by every request as it ends).
+    idle_at: AtomicU64,
+    /// When the first byte after the last request's end arrived, or that end, for a head
+    /// already pipelined behind it.
+    head_at: AtomicU64,
     /// When a socket write first found the socket full, with no write making progress since.
     blocked_at: AtomicU64,
     /// HTTP/2 responses whose last frame hyper holds until the client's window lets it go.
@@ -92,7 +98,8 @@ impl Default for ConnState {
             head_pending: AtomicBool::new(false),
             boundary: AtomicU64::new(0),
             flushed: AtomicBool::new(true),
-            wake: Notify::new(),
+            idle_at: AtomicU64::new(0),
+            head_at: AtomicU64::new(0),
             blocked_at: AtomicU64::new(0),
             held: AtomicU32::new(0),
             handed_at: AtomicU64::new(0),
@@ -147,9 +154,19 @@ impl Busy {
 impl Drop for Busy {
     fn drop(&mut self) {
         self.asked();
-        if self.state.in_flight.fetch_sub(1, Relaxed) == 1 {
-            self.state.wake.notify_one();
+        let s = &self.state;
+        // Stamped before the count drops (Release): a watchdog that sees no request in flight
+        // sees when the last one ended.
+        let now = s.stamp();
+        s.idle_at.store(now, Relaxed);
+        if !self.h2 {
+            if s.head_pending.load(Relaxed) {
+                s.head_at.store(now, Relaxed);
+            } else {
+                s.read_armed.store(true, Relaxed);
+            }
         }
+        s.in_flight.fetch_sub(1, Release);
     }
 }
 
@@ -175,10 +192,11 @@ impl ConnState {
         self.bad_from.load(Relaxed) <= index
     }
 
-    /// Called by the tap on every read: wakes a watchdog waiting for a head to start.
+    /// Called by the tap on every read: the first read after a request ended starts the next
+    /// head's clock.
     pub fn on_read(&self) {
         if self.read_armed.load(Relaxed) && self.read_armed.swap(false, Relaxed) {
-            self.wake.notify_one();
+            self.head_at.store(self.stamp(), Relaxed);
         }
     }
 
@@ -197,12 +215,27 @@ impl ConnState {
         epoch().elapsed().as_nanos() as u64 + 1
     }
 
+    /// The instant a stamp stands for.
+    fn instant(stamp: u64) -> Option<Instant> {
+        (stamp != 0).then(|| epoch() + Duration::from_nanos(stamp - 1))
+    }
+
+    /// When the last request ended, if one has.
+    fn idle_since(&self) -> Option<Instant> {
+        Self::instant(self.idle_at.load(Relaxed))
+    }
+
+    /// When the latest head started (see [`ConnState::head_at`]).
+    fn head_started(&self) -> Option<Instant> {
+        Self::instant(self.head_at.load(Relaxed))
+    }
+
     /// Since when the client has taken none of the response bytes weir has ready, if it has not.
     fn send_stalled_since(&self) -> Option<Instant> {
         let blocked = Some(self.blocked_at.load(Relaxed)).filter(|&b| b != 0);
         let held = (self.held.load(Acquire) > 0).then(|| self.handed_at.load(Relaxed));
         let since = blocked.into_iter().chain(held).min()?;
-        Some(epoch() + Duration::from_nanos(since - 1))
+        Self::instant(since)
     }
 
     /// Marks the connection as closed by `send_timeout`; true if a request was being answered (it

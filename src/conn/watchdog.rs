@@ -1,10 +1,16 @@
 //! The per-connection timers: `idle_timeout` between requests, `header_read_timeout` for a head,
 //! `send_timeout` for responses the client does not take (see the parent module for what counts
-//! as a send stall). One timer per connection: the watchdog sleeps until the nearest deadline and is
-//! woken by the connection's parts only when a request starts or ends, or a head starts.
+//! as a send stall). One timer per connection, and nothing wakes the watchdog but that timer: the
+//! connection's parts stamp when a request ends and when the next head starts, and the watchdog
+//! reads the stamps when it fires. It fires at the nearest deadline it knows of, and no later than
+//! the shortest timeout from now, which is the soonest any deadline the stamps could set after
+//! now can fall. So deadlines hold to the timer's precision, and a request costs no wake-up: a
+//! watchdog that was woken each time a request ended and each time a head started cost the
+//! connection's task two extra turns per request.
 
 use super::ConnState;
-use std::sync::atomic::Ordering::Relaxed;
+use std::future::Future;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -37,6 +43,15 @@ pub enum Start {
     Idle { since: Instant },
 }
 
+impl Start {
+    fn at(self) -> Instant {
+        match self {
+            Start::Head { at, .. } => at,
+            Start::Idle { since } => since,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Busy,
@@ -51,68 +66,57 @@ enum Phase {
 ///
 /// With `park_after`, it also resolves ([`Expired::Park`]) once the connection has been idle that
 /// long; the caller then either parks it or starts a new watchdog without `park_after`.
-pub async fn watchdog(
+pub fn watchdog(
     state: &ConnState,
     t: Timeouts,
     start: Start,
     park_after: Option<Duration>,
-) -> Expired {
-    let (mut phase, at) = match start {
-        Start::Head { at, started } => {
-            if !started {
-                state.read_armed.store(true, Relaxed);
+) -> impl Future<Output = Expired> + '_ {
+    if let Start::Head { started: false, .. } = start {
+        state.read_armed.store(true, Relaxed);
+    }
+    // The soonest a deadline set after now can fall (a request that ends now, a head that
+    // starts now): the longest the watchdog may sleep without looking at the stamps again.
+    let horizon = [Some(t.idle), park_after, Some(t.header_read)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(t.idle);
+    async move {
+        let sleep = tokio::time::sleep_until(start.at());
+        tokio::pin!(sleep);
+        loop {
+            let phase = phase(state, start);
+            let now = Instant::now();
+            let stalled = state.send_stalled_since();
+            if stalled.is_some_and(|s| now >= s + t.send) {
+                return Expired::Send;
             }
-            (Phase::Head { since: at, started }, at)
-        }
-        Start::Idle { since } => (Phase::Idle { since }, since),
-    };
-    let mut seen = state.requests.load(Relaxed);
-    // One timer for the connection's life. A later deadline leaves it where it is (it then fires
-    // early once and is moved on), so a request costs no timer update, only an earlier deadline
-    // does.
-    let sleep = tokio::time::sleep_until(at);
-    tokio::pin!(sleep);
-    loop {
-        phase = next_phase(state, phase, &mut seen);
-        let now = Instant::now();
-        let stalled = state.send_stalled_since();
-        if stalled.is_some_and(|s| now >= s + t.send) {
-            return Expired::Send;
-        }
-        let send_check = stalled.unwrap_or(now) + t.send;
-        let due = phase_deadline(state, phase, t);
-        let park = match (phase, park_after) {
-            (Phase::Idle { since }, Some(after)) => Some(since + after),
-            _ => None,
-        };
-        let target = [due, park]
-            .into_iter()
-            .flatten()
-            .fold(send_check, Instant::min);
-        if sleep.is_elapsed() || target < sleep.deadline() {
-            sleep.as_mut().reset(target);
-        }
-        let notified = state.wake.notified();
-        tokio::select! {
-            _ = notified => {}
-            _ = sleep.as_mut() => {
-                let mut s = seen;
-                let now = Instant::now();
-                if next_phase(state, phase, &mut s) != phase {
-                    continue;
-                }
-                if due.is_some_and(|d| now >= d) {
-                    return match phase {
-                        Phase::Head { started, .. } if !state.h2.load(Relaxed) => Expired::Head { started },
-                        _ => Expired::Idle,
-                    };
-                }
-                if let (Phase::Idle { since }, Some(p)) = (phase, park) {
-                    if now >= p {
-                        return Expired::Park { since };
+            let due = phase_deadline(state, phase, t);
+            if due.is_some_and(|d| now >= d) {
+                return match phase {
+                    Phase::Head { started, .. } if !state.h2.load(Relaxed) => {
+                        Expired::Head { started }
                     }
+                    _ => Expired::Idle,
+                };
+            }
+            let park = match (phase, park_after) {
+                (Phase::Idle { since }, Some(after)) => Some(since + after),
+                _ => None,
+            };
+            if let (Some(p), Phase::Idle { since }) = (park, phase) {
+                if now >= p {
+                    return Expired::Park { since };
                 }
             }
+            let send_check = stalled.unwrap_or(now) + t.send;
+            let target = [due, park]
+                .into_iter()
+                .flatten()
+                .fold(send_check.min(now + horizon), Instant::min);
+            sleep.as_mut().reset(target);
+            sleep.as_mut().await;
         }
     }
 }
@@ -126,38 +130,30 @@ fn phase_deadline(state: &ConnState, phase: Phase, t: Timeouts) -> Option<Instan
     }
 }
 
-fn next_phase(state: &ConnState, phase: Phase, seen: &mut u64) -> Phase {
-    let now = Instant::now();
-    let requests = state.requests.load(Relaxed);
-    if state.in_flight.load(Relaxed) > 0 {
-        *seen = requests;
+/// The phase the stamps tell of: busy while a request is in flight; after the last request's end
+/// (if it ended after `start`), idle, or in a head once a byte came (HTTP/1 only: on HTTP/2,
+/// bytes between streams are not a head); before, what `start` says.
+fn phase(state: &ConnState, start: Start) -> Phase {
+    if state.in_flight.load(Acquire) > 0 {
         return Phase::Busy;
     }
-    if phase == Phase::Busy || requests != *seen {
-        // A request finished: idle from now until the next head starts, or, when part of the
-        // next head already came with this one (pipelined in the same read, so no later read
-        // will start its clock), that head's time starts now.
-        *seen = requests;
-        state.read_armed.store(true, Relaxed);
-        if state.head_pending.load(Relaxed) && !state.h2.load(Relaxed) {
+    let head = state.head_started();
+    let since = match (state.idle_since().filter(|&i| i > start.at()), start) {
+        (Some(ended), _) => ended,
+        (None, Start::Head { at, started }) => {
             return Phase::Head {
-                since: now,
-                started: true,
-            };
+                since: at,
+                started: started || head.is_some_and(|h| h >= at),
+            }
         }
-        return Phase::Idle { since: now };
-    }
-    let read = !state.read_armed.load(Relaxed);
-    match phase {
-        Phase::Idle { .. } if read && !state.h2.load(Relaxed) => Phase::Head {
-            since: now,
+        (None, Start::Idle { since }) => since,
+    };
+    match head {
+        Some(h) if h >= since && !state.h2.load(Relaxed) => Phase::Head {
+            since: h,
             started: true,
         },
-        Phase::Head { since, .. } if read => Phase::Head {
-            since,
-            started: true,
-        },
-        p => p,
+        _ => Phase::Idle { since },
     }
 }
 
@@ -235,6 +231,43 @@ mod tests {
         let w = watchdog(&s, t(), Start::Idle { since }, None).await;
         assert_eq!(w, Expired::Idle);
         assert!(start.elapsed() >= 410 * MS);
+    }
+
+    /// Nothing wakes the watchdog when a request ends or a head starts: these deadlines are far
+    /// shorter than any the watchdog knew of when it last went to sleep, and still hold.
+    #[tokio::test]
+    async fn deadlines_set_while_the_watchdog_sleeps_still_hold() {
+        let long = Timeouts {
+            header_read: 60_000 * MS,
+            idle: 200 * MS,
+            send: 60_000 * MS,
+        };
+        let s = Arc::new(ConnState::default());
+        let busy = s.enter();
+        let s2 = s.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(50 * MS).await;
+            drop(busy);
+        });
+        let w = tokio::time::timeout(10_000 * MS, watchdog(&s, long, opened(), None)).await;
+        assert_eq!(w, Ok(Expired::Idle));
+        assert!(start.elapsed() >= 250 * MS, "{:?}", start.elapsed());
+
+        let short_head = Timeouts {
+            header_read: 100 * MS,
+            idle: 60_000 * MS,
+            send: 60_000 * MS,
+        };
+        let start = Instant::now();
+        tokio::spawn(async move {
+            drop(s2.enter());
+            tokio::time::sleep(50 * MS).await;
+            s2.on_read();
+        });
+        let w = tokio::time::timeout(10_000 * MS, watchdog(&s, short_head, opened(), None)).await;
+        assert_eq!(w, Ok(Expired::Head { started: true }));
+        assert!(start.elapsed() >= 150 * MS, "{:?}", start.elapsed());
     }
 
     #[tokio::test]

@@ -48,7 +48,8 @@ pub fn remove_hop_by_hop(h: &mut HeaderMap) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("close"))
+            // The two tokens nearly every message carries, both removed anyway, skip the parse.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| hop_index(n).is_none())
             .collect();
