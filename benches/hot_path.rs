@@ -147,7 +147,7 @@ fn cookies_and_headers(c: &mut Criterion) {
             let mut h = req.clone();
             weir::proxy::headers::remove_hop_by_hop(&mut h);
             weir::proxy::headers::add_forwarded(&mut h, client, "https", Some(&host));
-            black_box(weir::proxy::headers::request_id(&mut h));
+            black_box(weir::proxy::headers::request_id(&mut h, false));
             h
         })
     });

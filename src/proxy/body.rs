@@ -238,13 +238,42 @@ pub struct ResponseBody {
     finish: Option<Box<dyn Finish>>,
     /// The request counts as in flight (for the idle timer) until its response body is gone.
     busy: Option<Busy>,
-    idle: Option<Box<Idle>>,
+    idle: IdleTimer,
     /// The upstream connection this body arrives on, when the request drives it itself.
     lease: Option<crate::pool::h1::Lease>,
     /// A break in the server's body, held back for one turn (see `poll_frame`).
     broken: Option<BoxError>,
     /// Set when the idle timeout ended the stream.
     cut: Option<&'static str>,
+}
+
+/// A response's idle timeout, set up only at the first wait for the server: most responses come
+/// whole with their head, and need neither its allocation nor a clock read per frame.
+enum IdleTimer {
+    Off,
+    Set {
+        timeout: Duration,
+        request: Option<Arc<BodySlot>>,
+    },
+    Running(Box<Idle>),
+}
+
+impl IdleTimer {
+    /// The running timer, started now if it was only set.
+    fn start(&mut self) -> Option<&mut Idle> {
+        if let IdleTimer::Set { timeout, request } = self {
+            *self = IdleTimer::Running(Box::new(Idle {
+                timeout: *timeout,
+                last: Instant::now(),
+                request: request.take(),
+                sleep: None,
+            }));
+        }
+        match self {
+            IdleTimer::Running(idle) => Some(idle),
+            _ => None,
+        }
+    }
 }
 
 /// The idle timeout of a streaming response: armed at the first wait for the server, re-armed
@@ -288,7 +317,7 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             busy: None,
-            idle: None,
+            idle: IdleTimer::Off,
             lease: None,
             broken: None,
             cut: None,
@@ -299,12 +328,7 @@ impl ResponseBody {
     /// `request`, from the client.
     pub fn set_idle_timeout(&mut self, timeout: Duration, request: Option<Arc<BodySlot>>) {
         if matches!(self.kind, Kind::Upstream(_)) {
-            self.idle = Some(Box::new(Idle {
-                timeout,
-                last: Instant::now(),
-                request,
-                sleep: None,
-            }));
+            self.idle = IdleTimer::Set { timeout, request };
         }
     }
 
@@ -315,7 +339,7 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             busy: None,
-            idle: None,
+            idle: IdleTimer::Off,
             lease: None,
             broken: None,
             cut: None,
@@ -330,7 +354,7 @@ impl ResponseBody {
             bytes: 0,
             finish: None,
             busy: None,
-            idle: None,
+            idle: IdleTimer::Off,
             lease: None,
             broken: None,
             cut: None,
@@ -426,23 +450,24 @@ impl Body for ResponseBody {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        match (&polled, &mut this.idle) {
-            (Poll::Ready(Some(Ok(f))), idle) => {
+        match &polled {
+            Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
                     if let Some(b) = &mut this.busy {
                         b.handed();
                     }
                 }
-                if let Some(idle) = idle {
+                if let IdleTimer::Running(idle) = &mut this.idle {
                     idle.last = Instant::now();
                 }
             }
-            (Poll::Pending, Some(idle)) => {
-                let expired = idle.poll_expired(cx).is_ready();
-                if expired {
-                    this.cut = Some("stream_idle_timeout");
-                    return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+            Poll::Pending => {
+                if let Some(idle) = this.idle.start() {
+                    if idle.poll_expired(cx).is_ready() {
+                        this.cut = Some("stream_idle_timeout");
+                        return Poll::Ready(Some(Err(Box::new(StreamIdle))));
+                    }
                 }
             }
             _ => {}

@@ -172,16 +172,18 @@ impl IpText {
     }
 }
 
-/// Keeps a sane client-sent request id, or makes a new random one.
-pub fn request_id(h: &mut HeaderMap) -> HeaderValue {
+/// Keeps a sane client-sent request id, or makes a new random one; returns it when `keep` (for
+/// the access log: a copy costs an allocation, so none is made when the log is off).
+pub fn request_id(h: &mut HeaderMap, keep: bool) -> Option<HeaderValue> {
     if let Some(v) = h.get(&X_REQUEST_ID) {
         if !v.is_empty() && v.len() <= 200 {
-            return v.clone();
+            return keep.then(|| v.clone());
         }
     }
     let v = HeaderValue::from_bytes(&hex_id(fastrand::u128(..))).expect("hex is a valid header");
-    h.insert(X_REQUEST_ID, v.clone());
-    v
+    let kept = keep.then(|| v.clone());
+    h.insert(X_REQUEST_ID, v);
+    kept
 }
 
 /// 32 lowercase hex digits, written without the formatting machinery (this runs per request).
@@ -234,6 +236,19 @@ mod tests {
         ] {
             assert_eq!(hex_id(n), format!("{n:032x}").as_bytes());
         }
+    }
+
+    #[test]
+    fn request_id_is_kept_or_made_and_returned_only_when_asked() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&mut h, false), None);
+        let made = h.get(&X_REQUEST_ID).cloned().expect("an id is made");
+        assert_eq!(made.len(), 32);
+        assert_eq!(request_id(&mut h, true), Some(made));
+        h.insert(X_REQUEST_ID, HeaderValue::from_static(""));
+        let fresh = request_id(&mut h, true).expect("an empty id is replaced");
+        assert_eq!(fresh.len(), 32);
+        assert_eq!(h.get(&X_REQUEST_ID), Some(&fresh));
     }
 
     #[test]

@@ -55,6 +55,8 @@ impl ConnInfo {
 /// Everything the access log and metrics need once the response is done.
 struct Done {
     shared: Arc<Shared>,
+    /// The access log is on: copy what it prints.
+    log: bool,
     start: Instant,
     method: Method,
     host: String,
@@ -130,6 +132,7 @@ impl Finish for Done {
 pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &'static str) {
     let mut done = Done {
         shared: shared.clone(),
+        log: true,
         start: Instant::now(),
         method: Method::from_bytes(b"-").unwrap_or_default(),
         host: "-".into(),
@@ -165,6 +168,7 @@ pub async fn handle(
     shared.metrics.in_flight.inc();
     let mut done = Box::new(Done {
         shared: shared.clone(),
+        log,
         start: Instant::now(),
         method: req.method().clone(),
         host: if log {
@@ -470,7 +474,7 @@ async fn forward(
         conn.proto(),
         client_host.as_ref(),
     );
-    done.request_id = Some(headers::request_id(&mut parts.headers));
+    done.request_id = headers::request_id(&mut parts.headers, done.log);
     if let Some(h) = client_host {
         parts.headers.insert(header::HOST, h);
     }
@@ -735,7 +739,9 @@ mod attempts {
 
     /// How many more times each kind of failure may be tried again.
     pub struct Attempts {
-        tried: Vec<usize>,
+        /// Inline: nearly every request tries one or two servers, and a heap list cost an
+        /// allocation per request.
+        tried: smallvec::SmallVec<[usize; 4]>,
         retries_left: u32,
         connect_retries_left: u32,
         /// One free retry for a failure on a reused keep-alive connection the server closed under us.
@@ -754,7 +760,7 @@ mod attempts {
             pool.budget.deposit();
             let others = pool.servers.len().saturating_sub(1) as u32;
             Attempts {
-                tried: Vec::new(),
+                tried: smallvec::SmallVec::new(),
                 retries_left: route.retries,
                 connect_retries_left: route.retries.max(1).min(others),
                 race_retry: true,
@@ -860,7 +866,7 @@ mod attempts {
                         // the pool dropped the dead one) without spending the route's retries.
                         self.race_retry = false;
                         self.race_server = Some(server);
-                        self.tried.retain(|&t| t != server);
+                        self.tried.retain(|t| *t != server);
                     }
                     let ok = race || (body_untouched && !self.bound(server) && self.spend(pool));
                     (ok, ProxyError::Upstream(format!("{addr}: {error}")))
