@@ -92,14 +92,14 @@ impl Finish for Done {
             pool.release(i);
         }
         let upstream = match (&self.pool, self.server) {
-            (Some(p), Some(i)) => Some(p.servers[i].address.clone()),
+            (Some(p), Some(i)) => Some(&p.servers[i].address),
             _ => None,
         };
         self.shared.metrics.request_done(
             &self.listener,
             self.route.as_ref(),
             self.pool.as_ref().map(|p| &p.name),
-            upstream.as_ref(),
+            upstream,
             self.status,
             self.reason,
             dur,
@@ -113,7 +113,7 @@ impl Finish for Done {
             status = self.status,
             route = %self.route.as_deref().unwrap_or("-"),
             pool = %self.pool.as_ref().map_or("-", |p| &*p.name),
-            upstream = %upstream.as_deref().unwrap_or("-"),
+            upstream = %upstream.map_or("-", |a| &**a),
             dur_ms = millis(dur),
             upstream_ms = self.upstream_head.map(millis),
             connect_ms = self.upstream_connect.map(millis),
@@ -161,13 +161,13 @@ pub async fn handle(
     shared: Arc<Shared>,
     busy: crate::conn::Busy,
 ) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let (conn, shared) = (&*conn, &shared);
+    let conn = &*conn;
     let rt = shared.runtime.load_full();
     // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
     let log = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
     shared.metrics.in_flight.inc();
     let mut done = Box::new(Done {
-        shared: shared.clone(),
+        shared,
         log,
         start: Instant::now(),
         method: req.method().clone(),
@@ -196,16 +196,10 @@ pub async fn handle(
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
     let served = match route(&req, conn, &rt, &mut done, busy.index) {
-        Ok(Routed::Forward(route, pool)) => {
-            forward(
-                req,
-                conn,
-                &rt.router.routes[route],
-                &pool,
-                &mut done,
-                busy.index,
-            )
-            .await
+        Ok(Routed::Forward(route)) => {
+            let route = &rt.router.routes[route];
+            let pool = &rt.pools[route.pool];
+            forward(req, conn, route, pool, &mut done, busy.index, grpc).await
         }
         Ok(Routed::Reply(r)) => Ok(*r),
         Err(e) => Err(e),
@@ -222,7 +216,7 @@ pub async fn handle(
     };
     // Draining: tell HTTP/1.1 clients to reconnect (elsewhere) after this response, the one way to
     // close a keep-alive connection that does not race a request the client is already sending.
-    if http1 && shared.draining.load(Relaxed) {
+    if http1 && done.shared.draining.load(Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -338,7 +332,7 @@ fn uri_len(uri: &Uri) -> usize {
 /// Where a request goes, decided before anything is sent.
 enum Routed {
     /// To the route at this index in the table, through its pool.
-    Forward(usize, Arc<Pool>),
+    Forward(usize),
     /// Answered here (a redirect to https; boxed, as it is rare).
     Reply(Box<Response<ResponseBody>>),
 }
@@ -370,9 +364,8 @@ fn route(
             return Err(ProxyError::Misdirected);
         }
     }
-    let pool = rt.pools[route.pool].clone();
-    done.pool = Some(pool.clone());
-    Ok(Routed::Forward(idx, pool))
+    done.pool = Some(rt.pools[route.pool].clone());
+    Ok(Routed::Forward(idx))
 }
 
 /// 308 to the same host and path on https at `port`.
@@ -440,6 +433,7 @@ async fn forward(
     pool: &Arc<Pool>,
     done: &mut Done,
     index: u64,
+    grpc: bool,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if let Some(max) = route.max_body_size {
@@ -509,7 +503,11 @@ async fn forward(
         client_ip: conn.peer.ip(),
         headers: &head.headers,
     };
-    let head_timeout = grpc::head_timeout(&head.headers, route.timeout);
+    // A gRPC call's own deadline (`grpc-timeout`), when shorter; other requests have none.
+    let head_timeout = match grpc {
+        true => grpc::head_timeout(&head.headers, route.timeout),
+        false => route.timeout,
+    };
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
         let server = attempt.pick(pool, &input).await?;
