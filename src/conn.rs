@@ -54,8 +54,8 @@ pub struct ConnState {
     pub h2: AtomicBool,
     requests: AtomicU64,
     in_flight: AtomicU32,
-    /// Armed when a request ends (and by the watchdog before the first head); the tap disarms it
-    /// on the next read and stamps [`ConnState::head_at`].
+    /// Armed when an HTTP/1 request ends (and by the watchdog before the first head); the tap
+    /// disarms it on the next read and stamps [`ConnState::head_at`].
     read_armed: AtomicBool,
     /// Set by the framing tap while the bytes it has seen end inside a request head: a head
     /// pipelined behind a request (in the same read) that has not arrived whole.
@@ -158,7 +158,9 @@ impl Drop for Busy {
         // Stamped before the count drops (Release): a watchdog that sees no request in flight
         // sees when the last one ended.
         let now = s.stamp();
-        s.idle_at.store(now, Relaxed);
+        // `fetch_max`: HTTP/2 streams end on other threads, and one that took its stamp earlier may
+        // store it later; the idle clock must not go back.
+        s.idle_at.fetch_max(now, Relaxed);
         if !self.h2 {
             if s.head_pending.load(Relaxed) {
                 s.head_at.store(now, Relaxed);

@@ -2,10 +2,10 @@
 //!
 //! A connection's task waits on several things at once (hyper's connection, the drain signal, the
 //! watchdog), and `select!` polls every branch each time the task wakes: several times per request,
-//! for socket readiness alone. The drain signal and the watchdog each take a lock when polled
-//! (tokio's `Notify` keeps its waiters under a mutex), so polling them for nothing cost ~5% of the
-//! instructions of a small proxied request. Behind a [`Gated`], they are polled only when
-//! something they wait on woke them.
+//! for socket readiness alone. The drain signal takes a lock when polled (tokio's `Notify` keeps
+//! its waiters under a mutex) and the watchdog reads the clock and its stamps, so polling them for
+//! nothing cost ~5% of the instructions of a small proxied request. Behind a [`Gated`], they are
+//! polled only when something they wait on woke them.
 
 use atomic_waker::AtomicWaker;
 use std::future::Future;

@@ -3,8 +3,8 @@
 //! as a send stall). One timer per connection, and nothing wakes the watchdog but that timer: the
 //! connection's parts stamp when a request ends and when the next head starts, and the watchdog
 //! reads the stamps when it fires. It fires at the nearest deadline it knows of, and no later than
-//! the shortest timeout from now, which is the soonest any deadline the stamps could set after
-//! now can fall. So deadlines hold to the timer's precision, and a request costs no wake-up: a
+//! the shortest timeout from now (10 ms at the least), which is the soonest any deadline the
+//! stamps could set after now can fall. So deadlines hold to the timer's precision, and a request costs no wake-up: a
 //! watchdog that was woken each time a request ended and each time a head started cost the
 //! connection's task two extra turns per request.
 
@@ -52,6 +52,9 @@ impl Start {
     }
 }
 
+/// The shortest the watchdog sleeps between looks at the stamps (see [`watchdog`]).
+const MIN_HORIZON: Duration = Duration::from_millis(10);
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Busy,
@@ -77,11 +80,17 @@ pub fn watchdog(
     }
     // The soonest a deadline set after now can fall (a request that ends now, a head that
     // starts now): the longest the watchdog may sleep without looking at the stamps again.
-    let horizon = [Some(t.idle), park_after, Some(t.header_read)]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(t.idle);
+    // HTTP/2 has no head deadline of its own (see `phase_deadline`). The floor keeps a zero
+    // timeout from waking the connection's task at every timer tick while a request is in
+    // flight; such a deadline may then pass up to that much late.
+    let mut horizon = t.idle;
+    if let Some(p) = park_after {
+        horizon = horizon.min(p);
+    }
+    if !state.h2.load(Relaxed) {
+        horizon = horizon.min(t.header_read);
+    }
+    let horizon = horizon.max(MIN_HORIZON);
     async move {
         let sleep = tokio::time::sleep_until(start.at());
         tokio::pin!(sleep);
@@ -268,6 +277,28 @@ mod tests {
         let w = tokio::time::timeout(10_000 * MS, watchdog(&s, short_head, opened(), None)).await;
         assert_eq!(w, Ok(Expired::Head { started: true }));
         assert!(start.elapsed() >= 150 * MS, "{:?}", start.elapsed());
+    }
+
+    /// A zero timeout (accepted by the config) must not wake the connection's task at every timer
+    /// tick while a request is in flight.
+    #[tokio::test]
+    async fn a_zero_timeout_does_not_spin_the_watchdog() {
+        let s = Arc::new(ConnState::default());
+        let _busy = s.enter();
+        let zero = Timeouts {
+            header_read: Duration::ZERO,
+            idle: Duration::ZERO,
+            send: 60_000 * MS,
+        };
+        let mut polls = 0u32;
+        let mut w = std::pin::pin!(watchdog(&s, zero, opened(), None));
+        let counted = std::future::poll_fn(|cx| {
+            polls += 1;
+            w.as_mut().poll(cx)
+        });
+        let r = tokio::time::timeout(500 * MS, counted).await;
+        assert!(r.is_err(), "busy: nothing may expire, got {r:?}");
+        assert!(polls < 150, "{polls} polls in 500 ms");
     }
 
     #[tokio::test]
