@@ -4,9 +4,9 @@
 //! connection's parts stamp when a request ends and when the next head starts, and the watchdog
 //! reads the stamps when it fires. It fires at the nearest deadline it knows of, and no later than
 //! the shortest timeout from now (10 ms at the least), which is the soonest any deadline the
-//! stamps could set after now can fall. So deadlines hold to the timer's precision, and a request costs no wake-up: a
-//! watchdog that was woken each time a request ended and each time a head started cost the
-//! connection's task two extra turns per request.
+//! stamps could set after now can fall. So deadlines hold to the timer's precision, and a request
+//! costs no wake-up: a watchdog woken each time a request ended and each time a head started cost
+//! the connection's task two extra turns per request.
 
 use super::ConnState;
 use std::future::Future;
@@ -111,14 +111,12 @@ pub fn watchdog(
                 };
             }
             let park = match (phase, park_after) {
+                (Phase::Idle { since }, Some(after)) if now >= since + after => {
+                    return Expired::Park { since };
+                }
                 (Phase::Idle { since }, Some(after)) => Some(since + after),
                 _ => None,
             };
-            if let (Some(p), Phase::Idle { since }) = (park, phase) {
-                if now >= p {
-                    return Expired::Park { since };
-                }
-            }
             let send_check = stalled.unwrap_or(now) + t.send;
             let target = [due, park]
                 .into_iter()

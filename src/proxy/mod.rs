@@ -504,9 +504,10 @@ async fn forward(
         headers: &head.headers,
     };
     // A gRPC call's own deadline (`grpc-timeout`), when shorter; other requests have none.
-    let head_timeout = match grpc {
-        true => grpc::head_timeout(&head.headers, route.timeout),
-        false => route.timeout,
+    let head_timeout = if grpc {
+        grpc::head_timeout(&head.headers, route.timeout)
+    } else {
+        route.timeout
     };
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
