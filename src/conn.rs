@@ -34,13 +34,6 @@ mod watchdog;
 pub use gate::Gated;
 pub use watchdog::{watchdog, Expired, Start, Timeouts};
 
-/// What connections' time stamps count from: one origin for all, rather than an `Instant` (16
-/// bytes) in every connection's state, which keeps that state in a 128-byte allocation.
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 /// No ambiguous message seen.
 const CLEAN: u64 = u64::MAX;
 
@@ -66,7 +59,7 @@ pub struct ConnState {
     /// Set by the tap: the last thing asked of the write side was a flush, and it finished (hyper
     /// flushes only once its own write buffer is empty).
     flushed: AtomicBool,
-    // The stamps below are nanoseconds after [`epoch`] plus one (0: none). The watchdog reads
+    // The stamps below are nanoseconds after [`crate::epoch`] plus one (0: none). The watchdog reads
     // them when its timer fires; nothing wakes it (a wake-up per request would cost the
     // connection's task an extra turn per request).
     /// When the last request ended (stamped by every request as it ends).
@@ -214,12 +207,12 @@ impl ConnState {
     }
 
     fn stamp(&self) -> u64 {
-        epoch().elapsed().as_nanos() as u64 + 1
+        crate::epoch().elapsed().as_nanos() as u64 + 1
     }
 
     /// The instant a stamp stands for.
     fn instant(stamp: u64) -> Option<Instant> {
-        (stamp != 0).then(|| epoch() + Duration::from_nanos(stamp - 1))
+        (stamp != 0).then(|| crate::epoch() + Duration::from_nanos(stamp - 1))
     }
 
     /// When the last request ended, if one has.

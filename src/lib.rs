@@ -33,6 +33,14 @@ pub mod tls;
 pub mod watch;
 pub mod workers;
 
+/// What the process's compact time stamps count from (connection state, parked connections, outlier
+/// ejection): one origin for all, so a stamp is a `u64` rather than an `Instant` (16 bytes) in
+/// every connection's state. Set on first use; a stamp of an instant before it saturates to it.
+pub(crate) fn epoch() -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
 /// A future on the heap, for a rare or long-lived branch of a hot future: an async fn's state is
 /// as large as its largest branch, and every request or connection pays for that size (memory,
 /// and copying it about). A sync function, so the future is built straight into its box: built

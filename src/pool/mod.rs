@@ -12,15 +12,13 @@ use crate::config::{PoolConfig, RetryBudgetConfig, ServerConfig};
 use crate::sticky::Sticky;
 use http::uri::Authority;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use std::time::Instant;
 use tokio::sync::Notify;
 
 /// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines.
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    crate::epoch().elapsed().as_millis() as u64 + 1
 }
 
 /// The last active probe, for `/status` and for logging state changes.

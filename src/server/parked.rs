@@ -35,8 +35,6 @@ const EXPIRED: u64 = 0;
 
 /// One thread's parked connections and its sweeper.
 struct Registry {
-    /// What entries' deadlines count milliseconds from.
-    epoch: Instant,
     entries: Slab<Entry>,
     /// When the sweeper is due next (`None`: it waits for an entry).
     due: Option<Instant>,
@@ -56,7 +54,6 @@ static ALL: Mutex<Vec<Weak<Mutex<Registry>>>> = Mutex::new(Vec::new());
 
 fn new_registry() -> Shared {
     let r = Arc::new(Mutex::new(Registry {
-        epoch: Instant::now(),
         entries: Slab::new(),
         due: None,
         sweeper_waker: None,
@@ -212,16 +209,16 @@ impl Registry {
         (next != u64::MAX).then(|| self.instant(next))
     }
 
-    /// `t` as whole milliseconds after the epoch, rounded up (a connection never expires before
+    /// `t` as whole milliseconds after [`crate::epoch`], rounded up (a connection never expires before
     /// its deadline), plus one so that no deadline is [`EXPIRED`].
     fn stamp(&self, t: Instant) -> u64 {
-        let micros = t.saturating_duration_since(self.epoch).as_micros();
+        let micros = t.saturating_duration_since(crate::epoch()).as_micros();
         u64::try_from(micros.div_ceil(1000)).map_or(u64::MAX, |ms| ms.saturating_add(1))
     }
 
     /// The instant a [`Registry::stamp`] stands for.
     fn instant(&self, stamp: u64) -> Instant {
-        self.epoch + Duration::from_millis(stamp.saturating_sub(1))
+        crate::epoch() + Duration::from_millis(stamp.saturating_sub(1))
     }
 }
 
