@@ -124,7 +124,7 @@ def main():
     out.append("Medians over the rounds; `a–b` is the min–max over the rounds. "
                "Errors are socket errors (connect/read/write/timeout) plus HTTP status >= 400, "
                "summed per run. † marks a row where the load generator used >= 90 % of its core: that row is "
-               "bounded by wrk/h2load, not by the server. Proxy CPU s is utime+stime of all the proxy's processes during the "
+               "bounded by the load generator (wrk/h2load/tlsload), not by the server. Proxy CPU s is utime+stime of all the proxy's processes during the "
                "run; for *ceiling* it is the upstream's own CPU. Loadgen CPU % is the load "
                "generator's CPU time over wall time (100 % = one full core).\n")
 
@@ -163,7 +163,10 @@ def main():
     out.append("## Ratios (from the medians)\n")
     out.append("Throughput ratios > 1 mean weir is faster; p99 and RSS ratios > 1 mean weir is "
                "slower / larger. † on weir/ceiling: the ceiling run was bounded by the load "
-               "generator, so the true ceiling is higher and the ratio is flattering.\n")
+               "generator, so the true ceiling is higher and the ratio is flattering. ‡ on a req/s "
+               "ratio: weir's own run was bounded by the load generator, so weir could take more "
+               "and the ratio understates it (it means nothing when the other run was bounded "
+               "too).\n")
     cols = ["scenario", "req/s weir/nginx", "req/s weir/haproxy", "req/s weir/ceiling",
             "req per CPU-s weir/nginx", "req per CPU-s weir/haproxy", "p99 weir/nginx",
             "peak RSS weir/nginx", "bytes/conn weir/nginx"]
@@ -181,10 +184,17 @@ def main():
         if sc.startswith("idle"):
             cells = [sc, "–", "–", "–", "–", "–", "–", "–", ratio(sc, "bytes_per_conn", "nginx")]
         else:
-            ceil = ratio(sc, "rps", "ceiling")
-            if ceil != "–" and (stat((sc, "ceiling"), "loadgen_cpu_pct")[0] or 0) >= LOADGEN_BOUND:
-                ceil += " †"
-            cells = [sc, ratio(sc, "rps", "nginx"), ratio(sc, "rps", "haproxy"), ceil, ratio(sc, "rps_per_cpu_s", "nginx"),
+            weir_bound = (stat((sc, "weir"), "loadgen_cpu_pct")[0] or 0) >= LOADGEN_BOUND
+            rps = {}
+            for other in ("nginx", "haproxy", "ceiling"):
+                rps[other] = ratio(sc, "rps", other)
+                if rps[other] == "–":
+                    continue
+                if other == "ceiling" and (stat((sc, other), "loadgen_cpu_pct")[0] or 0) >= LOADGEN_BOUND:
+                    rps[other] += " †"
+                if weir_bound:
+                    rps[other] += " ‡"
+            cells = [sc, rps["nginx"], rps["haproxy"], rps["ceiling"], ratio(sc, "rps_per_cpu_s", "nginx"),
                      ratio(sc, "rps_per_cpu_s", "haproxy"), ratio(sc, "p99_ms", "nginx"),
                      ratio(sc, "peak_rss_kib", "nginx"), "–"]
         out.append("| " + " | ".join(cells) + " |")

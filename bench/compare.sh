@@ -6,8 +6,8 @@
 #   TLS=1 bench/compare.sh                # also the TLS scenarios
 #
 # Every knob is an environment variable; see bench/README.md.  Results go to
-# bench/results/latest.{md,csv} (medians over rounds, min-max spread) and
-# bench/results/raw-latest.csv (one row per run).  Only 127.0.0.1 is ever contacted.
+# $RESULTS_DIR (default bench/results): latest.{md,csv} (medians over rounds, min-max spread)
+# and raw-latest.csv (one row per run).  Only 127.0.0.1 is ever contacted.
 set -euo pipefail
 
 # ------------------------------------------------------------------------------------------
@@ -40,7 +40,7 @@ NGINX_UPSTREAM_KEEPALIVE=${NGINX_UPSTREAM_KEEPALIVE:-1024}
 
 DEFAULT_SCENARIOS="ka-c$CONNS close-c$CONNS 1mib-c$BIG_CONNS ka-c$HI_CONNS idle-$IDLE_CONNS"
 if [[ $TLS == 1 ]]; then
-  DEFAULT_SCENARIOS+=" tls-ka-c$CONNS tls-h2-c$CONNS tls-close-c$CONNS"
+  DEFAULT_SCENARIOS+=" tls-ka-c$CONNS tls-h2-c$CONNS tls-close-c$CONNS tls-hs-c$CONNS"
 fi
 SCENARIOS=${SCENARIOS:-$DEFAULT_SCENARIOS}
 
@@ -50,8 +50,9 @@ WEIR_TLS_PORT=18443 NGINX_TLS_PORT=18444 HAPROXY_TLS_PORT=18445 UPSTREAM_TLS_POR
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
-RESULTS_DIR=$BENCH_DIR/results
+RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results} # where latest.{md,csv} and raw-latest.csv go
 WEIR_BIN=$REPO_DIR/target/release/weir
+TLSLOAD_BIN=$REPO_DIR/target/release/examples/tlsload # bench/tlsload.rs, the tls-hs load generator
 
 DUR_S=${DURATION%s}
 if ! [[ $DUR_S =~ ^[0-9]+$ ]] || ((DUR_S < 1)); then
@@ -244,8 +245,27 @@ if [[ " $PROXIES " == *" weir "* ]]; then
   [[ -n ${PROXY_DOWN[weir]:-} ]] && warn "weir: ${PROXY_DOWN[weir]}: its rows will be marked failed"
 fi
 
+# the tls-hs scenarios' load generator (bench/tlsload.rs, a cargo example), whichever proxies run
+TLSLOAD_DOWN=""
+if [[ " $SCENARIOS " == *" tls-hs-c"* ]]; then
+  if [[ $BUILD == 1 ]]; then
+    log "cargo build --release --example tlsload"
+    if ! (cd "$REPO_DIR" && cargo build --release --example tlsload) >"$TMP/logs/cargo-build-tlsload.log" 2>&1; then
+      tail -5 "$TMP/logs/cargo-build-tlsload.log" >&2
+      TLSLOAD_DOWN="cargo build --release --example tlsload failed"
+    fi
+  fi
+  if [[ -z $TLSLOAD_DOWN && ! -x $TLSLOAD_BIN ]]; then
+    TLSLOAD_DOWN="no binary at target/release/examples/tlsload (cargo build --release --example tlsload)"
+  fi
+  [[ -n $TLSLOAD_DOWN ]] && warn "tlsload: $TLSLOAD_DOWN: the tls-hs rows will be marked failed"
+fi
+
 # ------------------------------------------------------------------------------------------
 # 3. upstream, certificates, configs
+# TLS 1.3 suites in weir's order (src/tls.rs, Mozilla intermediate), for nginx and HAProxy too, each
+# choosing by its own order: the handshake's key schedule then costs the same for all three.
+TLS13_SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 head -c 1048576 /dev/urandom >"$TMP/www/1m.bin"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -291,6 +311,8 @@ mkdir -p "$TMP/upstream-tmp" "$TMP/nginx-tmp"
   server {
     listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
     listen 127.0.0.1:$UPSTREAM_TLS_PORT ssl http2 backlog=4096;
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites $TLS13_SUITES;
     ssl_certificate $TMP/certs/bench.crt;
     ssl_certificate_key $TMP/certs/bench.key;
     location = /1m.bin { root $TMP/www; }
@@ -322,6 +344,10 @@ EOF
     # weir's (and HAProxy's) versions. nginx before 1.23.4 (Debian 12 has 1.22) leaves TLS 1.3
     # out by default, and a TLS 1.2 resumption skips the key exchange a TLS 1.3 one makes.
     ssl_protocols TLSv1.2 TLSv1.3;
+    # weir's TLS 1.3 suite order, chosen by the server as weir does: left to the client
+    # (OpenSSL's default), AES-256-GCM-SHA384 costs nginx a SHA-384 key schedule per handshake.
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites $TLS13_SUITES;
     ssl_certificate $TMP/certs/bench.crt;
     ssl_certificate_key $TMP/certs/bench.key;
 EOF
@@ -348,6 +374,7 @@ EOF
 global
   nbthread $WORKERS
   no strict-limits   # we may not raise RLIMIT_NOFILE here; the soft limit we have is enough
+  ssl-default-bind-ciphersuites $TLS13_SUITES   # weir's order (HAProxy's own is AES-256 first)
   maxconn $((IDLE_CONNS + 5000))
 
 defaults
@@ -563,6 +590,7 @@ run_load() {
   1mib-c*) kind=wrk conns=${sc#1mib-c} path=/1m.bin ;;
   tls-ka-c*) kind=wrk conns=${sc#tls-ka-c} tls=1 ;;
   tls-close-c*) kind=wrk conns=${sc#tls-close-c} tls=1 hdr=(-H "Connection: close") ;;
+  tls-hs-c*) kind=tlsload conns=${sc#tls-hs-c} tls=1 ;;
   tls-h2-c*) kind=h2load conns=${sc#tls-h2-c} tls=1 ;;
   idle-*) kind=idle conns=${sc#idle-} ;;
   *)
@@ -576,6 +604,10 @@ run_load() {
   fi
   if ((tls)) && [[ -n ${TLS_DOWN[$p]:-} ]]; then
     record_failed "$round" "$sc" "$p" "${TLS_DOWN[$p]}"
+    return
+  fi
+  if [[ $kind == tlsload && -n $TLSLOAD_DOWN ]]; then
+    record_failed "$round" "$sc" "$p" "$TLSLOAD_DOWN"
     return
   fi
   if ((tls)); then url="https://127.0.0.1:$(tls_port_of "$p")$path"; else
@@ -634,6 +666,10 @@ run_load() {
     { time "${ON_LOADGEN[@]}" timeout -k 5 "$RUN_LIMIT" wrk -t"$WRK_THREADS" -c"$conns" -d"${DUR_S}s" \
       --timeout "$WRK_TIMEOUT" --latency -s "$BENCH_DIR/report.lua" "${hdr[@]}" "$url" \
       >"$out.txt" 2>&1; } 2>"$out.time" || rc=$?
+  elif [[ $kind == tlsload ]]; then
+    # wrk's flags and its WRKRESULT line; a full TLS handshake per request (bench/tlsload.rs)
+    { time "${ON_LOADGEN[@]}" timeout -k 5 "$RUN_LIMIT" "$TLSLOAD_BIN" -t"$WRK_THREADS" -c"$conns" \
+      -d"${DUR_S}s" --timeout "$WRK_TIMEOUT" --url "$url" >"$out.txt" 2>&1; } 2>"$out.time" || rc=$?
   else
     { time "${ON_LOADGEN[@]}" timeout -k 5 "$RUN_LIMIT" h2load -t"$WRK_THREADS" -c"$conns" \
       -m"$H2_STREAMS" -D "$DUR_S" --log-file="$out.h2log" "$url" >"$out.txt" 2>&1; } \
@@ -721,6 +757,10 @@ log "runs finished in $(($(date +%s) - started_at)) s"
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 pin_desc="none"
 [[ $PIN == 1 ]] && pin_desc="load generator on CPU $LOADGEN_CPUS, proxy + upstream on CPU $SERVER_CPUS (taskset)"
+TLSLOAD_META=""
+if [[ " $SCENARIOS " == *" tls-hs-c"* ]]; then
+  TLSLOAD_META="; tls-hs: bench/tlsload.rs -t$WRK_THREADS (rustls $(sed -n '/^name = "rustls"$/{n;s/^version = "\(.*\)"/\1/p;}' "$REPO_DIR/Cargo.lock"), aws-lc-rs, a full handshake per request)"
+fi
 cmd="QUICK=$QUICK TLS=$TLS ROUNDS=$ROUNDS DURATION=${DUR_S}s WORKERS=$WORKERS PIN=$PIN bench/compare.sh"
 cp "$RAW" "$RESULTS_DIR/raw-latest.csv"
 python3 "$BENCH_DIR/aggregate.py" "$RAW" "$RESULTS_DIR/latest.csv" "$RESULTS_DIR/latest.md" \
@@ -731,7 +771,7 @@ python3 "$BENCH_DIR/aggregate.py" "$RAW" "$RESULTS_DIR/latest.csv" "$RESULTS_DIR
   --meta "workers: $WORKERS per proxy (nginx worker_processes, HAProxy nbthread, weir --workers (WEIR_WORKERS)); upstream: nginx, 1 worker" \
   --meta "pinning: $pin_desc" \
   --meta "load average (1/5/15 min) when the runs started: $LOADAVG_START; when they ended: $(cut -d' ' -f1-3 /proc/loadavg) (the bench itself keeps about 2-3 runnable; much more means other work shared the CPUs)" \
-  --meta "load: wrk -t$WRK_THREADS, ${DUR_S}s per run, $ROUNDS round(s) interleaved; 1 MiB with $BIG_CONNS connections; h2load -m$H2_STREAMS"
+  --meta "load: wrk -t$WRK_THREADS, ${DUR_S}s per run, $ROUNDS round(s) interleaved; 1 MiB with $BIG_CONNS connections; h2load -m$H2_STREAMS${TLSLOAD_META:-}"
 
 log "results: $RESULTS_DIR/latest.md, $RESULTS_DIR/latest.csv, $RESULTS_DIR/raw-latest.csv"
 echo
