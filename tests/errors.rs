@@ -70,6 +70,51 @@ async fn slow_server_is_504_after_route_timeout() {
     weir.expect_access_log(504, Some("hurry")).await;
 }
 
+/// The response-head timer is kept on the upstream connection from one request to the next
+/// (`pool::h1`): a later request on the same connection moves it later (a shorter route's
+/// deadline still fires) and earlier (a longer one's first deadline must not cut the next).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_upstream_connection_keeps_each_requests_own_deadline() {
+    let b = Backend::start("b").await;
+    let yaml = format!(
+        "{LISTENER}pools:\n  p:\n    balance: round_robin\n    servers:\n{}\
+         routes:\n  - name: hurry\n    match:\n      path_prefix: \"/hurry\"\n    pool: p\n    timeout: 300ms\n\
+         \x20 - name: patient\n    match:\n      path_prefix: \"/\"\n    pool: p\n    timeout: 3s\n",
+        servers(&[&b])
+    );
+    let weir = Weir::start(&yaml).await;
+
+    // Two answers back to back on one connection, the second later than the first's deadline:
+    // armed at +3 s, moved to +4.8 s when the second request takes the connection at +1.8 s.
+    assert_eq!(
+        weir.get("h", "/a?delay_ms=1800").await.status,
+        StatusCode::OK
+    );
+    let resp = weir.get("h", "/b?delay_ms=2000").await;
+    assert_eq!(resp.status, StatusCode::OK, "body {:?}", resp.text());
+    assert_eq!(
+        b.connections(),
+        1,
+        "the second request should reuse the connection"
+    );
+
+    // A 300 ms route after a 3 s one, on the same connection: its deadline comes first, and fires.
+    assert_eq!(weir.get("h", "/c").await.status, StatusCode::OK);
+    let start = Instant::now();
+    let resp = weir.get("h", "/hurry?delay_ms=4000").await;
+    assert_plain_error(&resp, StatusCode::GATEWAY_TIMEOUT, &["hurry"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "504 took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        b.connections(),
+        1,
+        "the 300 ms request should reuse the connection"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_healthy_server_is_503() {
     let sick = Backend::builder("sick").health_status(500).start().await;

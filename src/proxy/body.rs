@@ -401,13 +401,19 @@ fn poll_upstream(
     lease: &mut Option<crate::pool::h1::Lease>,
     cx: &mut Context<'_>,
 ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-    let mut polled = Pin::new(&mut *body).poll_frame(cx);
-    if polled.is_pending() {
-        if let Some(l) = lease {
-            l.poll(cx);
-            polled = Pin::new(&mut *body).poll_frame(cx);
+    let polled = match lease {
+        // The body only fills while this task drives its connection: polled without a waker
+        // (see `pool::h1::unwoken`), with the connection polled with the task's own in between.
+        Some(l) if l.live() => {
+            let mut polled = Pin::new(&mut *body).poll_frame(&mut crate::pool::h1::unwoken());
+            if polled.is_pending() {
+                l.poll(cx);
+                polled = Pin::new(&mut *body).poll_frame(&mut crate::pool::h1::unwoken());
+            }
+            polled
         }
-    }
+        _ => Pin::new(&mut *body).poll_frame(cx),
+    };
     match &polled {
         Poll::Ready(None) => {
             if let Some(l) = lease {

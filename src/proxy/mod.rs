@@ -527,7 +527,7 @@ async fn forward(
         let sent_at = Instant::now();
         let (sent, lease) = send(pool, driven, server, req, head_timeout).await;
         done.upstream_head = Some(sent_at.elapsed());
-        if let Ok(Ok(r)) = &sent {
+        if let Ok(r) = &sent {
             done.upstream_connect = r
                 .extensions()
                 .get::<crate::pool::client::ConnectTiming>()
@@ -591,10 +591,10 @@ async fn send(
         );
     };
     let authority = &pool.servers[server].authority;
-    match tokio::time::timeout(head_timeout, h1.send(server, authority, req)).await {
-        Ok(Ok((resp, lease))) => (Ok(Ok(resp)), Some(lease)),
-        Ok(Err(e)) => (Ok(Err(e)), None),
-        Err(t) => (Err(t), None),
+    let deadline = tokio::time::Instant::now() + head_timeout;
+    match h1.send(server, authority, req, deadline).await {
+        Ok((resp, lease)) => (Ok(resp), Some(lease)),
+        Err(e) => (Err(e), None),
     }
 }
 
@@ -605,13 +605,13 @@ async fn send_shared(
     head_timeout: std::time::Duration,
 ) -> attempts::Sent {
     use crate::pool::h1::SendError;
-    let sent = tokio::time::timeout(head_timeout, pool.client().request(req)).await;
-    sent.map(|r| {
-        r.map_err(|e| match e.is_connect() {
+    match tokio::time::timeout(head_timeout, pool.client().request(req)).await {
+        Err(_) => Err(SendError::TimedOut),
+        Ok(r) => r.map_err(|e| match e.is_connect() {
             true => SendError::Connect(crate::pool::h1::error_chain(&e)),
             false => SendError::Request(crate::pool::h1::error_chain(&e)),
-        })
-    })
+        }),
+    }
 }
 
 /// The request of one attempt. hyper-util's client wants an absolute URI (it picks the
@@ -699,7 +699,7 @@ mod attempts {
     use crate::pool::h1::SendError;
 
     /// What one attempt came back with: a response head, a failure, or the head deadline passed.
-    pub type Sent = Result<Result<Response<Incoming>, SendError>, tokio::time::error::Elapsed>;
+    pub type Sent = Result<Response<Incoming>, SendError>;
 
     pub enum Outcome {
         Response(Response<Incoming>),
@@ -725,11 +725,11 @@ mod attempts {
     pub fn classify(sent: Sent, slot: Option<&BodySlot>) -> Outcome {
         let untouched = slot.is_none_or(|s| s.untouched());
         match sent {
-            Err(_) => Outcome::TimedOut,
-            Ok(Ok(r)) => Outcome::Response(r),
-            Ok(Err(SendError::Connect(e))) => Outcome::ConnectFailed(e),
-            Ok(Err(_)) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
-            Ok(Err(SendError::Request(error))) => Outcome::Failed {
+            Err(SendError::TimedOut) => Outcome::TimedOut,
+            Ok(r) => Outcome::Response(r),
+            Err(SendError::Connect(e)) => Outcome::ConnectFailed(e),
+            Err(_) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
+            Err(SendError::Request(error)) => Outcome::Failed {
                 error,
                 body_untouched: untouched,
             },

@@ -3,6 +3,7 @@
 //!
 //! - `GET /healthz` answers the configured health status (counted apart from other requests).
 //! - `?bytes=N` in the query streams an N-byte body back instead of the JSON echo.
+//! - `?delay_ms=N` in the query waits N ms before answering (on top of the configured delay).
 //! - Every other request: the whole request body is consumed (streamed, counted, never kept), the
 //!   configured delay is waited, and the answer is `{"backend", "method", "uri", "version",
 //!   "headers": {name: [values]}, "body_len"}` with the configured status and extra headers.
@@ -260,11 +261,15 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| req.uri().to_string());
     let version = format!("{:?}", req.version());
-    let want_bytes: Option<u64> = req.uri().query().and_then(|q| {
-        q.split('&')
-            .find_map(|kv| kv.strip_prefix("bytes="))
-            .and_then(|n| n.parse().ok())
-    });
+    let query = |key: &str| -> Option<u64> {
+        req.uri().query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|n| n.parse().ok())
+        })
+    };
+    let want_bytes = query("bytes");
+    let delay = st.delay + Duration::from_millis(query("delay_ms").unwrap_or(0));
 
     let mut body_len = 0u64;
     while let Some(frame) = req.body_mut().frame().await {
@@ -277,8 +282,8 @@ async fn handle(st: Arc<State>, mut req: Request<Incoming>) -> Result<Response<B
             Err(_) => break,
         }
     }
-    if !st.delay.is_zero() {
-        tokio::time::sleep(st.delay).await;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
 
     let mut resp = Response::builder().status(st.status);
