@@ -12,9 +12,11 @@ use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("{0}")]
+    // Transparent: with `{0}` and a `#[from]` source, `weir: {e:#}` printed the message twice,
+    // once as this error and once as its source.
+    #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}")]
+    #[error(transparent)]
     Compile(#[from] CompileError),
     #[error("{0}")]
     Bind(String),

@@ -65,9 +65,11 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `{e}`, not the `{e:#}` chain: every weir error's message already carries its cause's,
+        // and the chain printed each cause twice.
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("weir: {e:#}");
+            tracing::error!("{e}");
+            eprintln!("weir: {e}");
             ExitCode::FAILURE
         }
     }

@@ -692,3 +692,23 @@ fn send_timeout_is_checked_and_shown() {
     assert!(all.contains("send timeout 2s"), "{all}");
     assert!(all.contains("send timeout 1m"), "the default: {all}");
 }
+
+/// `weir run` with a bad config exits 1 and prints each error once, positioned like `check`'s.
+#[test]
+fn run_with_a_bad_config_prints_each_error_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let yaml = "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\npools: {}\nroutes:\n  - name: r\n    match: { path_prefix: \"/\" }\n    pool: nowhere\n";
+    std::fs::write(&path, yaml).unwrap();
+    let out = weir(&["run", "--config", path.to_str().unwrap()], &[]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let plain = all
+        .lines()
+        .find(|l| l.starts_with("weir: "))
+        .unwrap_or_else(|| panic!("no `weir: ` line in:\n{all}"));
+    let found = diagnostics(plain, "bad.yaml");
+    assert_eq!(found.len(), 1, "one error, printed once: {plain:?}");
+    assert_eq!(found[0].0, line_of(yaml, "pool: nowhere"), "{plain:?}");
+    assert_eq!(plain.matches("nowhere").count(), 1, "{plain:?}");
+}

@@ -48,29 +48,34 @@ pub enum SendError {
 /// One upstream connection: hyper's handle to send on it and the future that does its IO.
 struct Conn {
     sender: http1::SendRequest<ForwardBody>,
-    driver: Driver,
-    /// Set once `driver` has completed: it must not be polled again.
-    done: bool,
+    /// `None` once it has completed. Dropped then, not kept: a request still queued in it (the
+    /// server closed the connection before hyper took the request) is handed back to `send`
+    /// (`take_message`, then another connection) only when hyper's dispatcher is dropped; kept,
+    /// the request waited for its response-head deadline.
+    driver: Option<Driver>,
     /// The response-head deadline of the request on this connection, kept from one request to
     /// the next: moving a registered tokio timer to a later deadline is one atomic store, where
     /// a timer per request was inserted into and removed from the runtime's wheel under its lock
-    /// (~1.2k instructions per request with tokio's `timeout`). Dropped with the connection, so
-    /// a parked one holds none.
+    /// (~1.2k instructions per request with tokio's `timeout`). It stays registered while the
+    /// body streams and the connection waits idle, so a deadline shorter than that wakes the last
+    /// request's task once for nothing; dropped with the connection, so a parked one holds none.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Conn {
     /// Runs the connection's IO; false once the connection is over.
     fn poll_driver(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.done {
-            if let Poll::Ready(r) = Pin::new(&mut self.driver).poll(cx) {
-                if let Err(e) = r {
-                    tracing::debug!(error = %e, "upstream connection ended with an error");
-                }
-                self.done = true;
+        let Some(driver) = &mut self.driver else {
+            return false;
+        };
+        if let Poll::Ready(r) = Pin::new(driver).poll(cx) {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
             }
+            self.driver = None;
+            return false;
         }
-        !self.done
+        true
     }
 
     /// Arms this connection's response-head timer for `at`.
@@ -198,24 +203,7 @@ impl H1 {
                     (c, Some(ConnectTiming { took, done_at }))
                 }
             };
-            conn.arm(deadline);
-            let mut fut = std::pin::pin!(conn.sender.try_send_request(req));
-            let sent = poll_fn(|cx| {
-                // The answer can only come while this task polls the connection: see [`unwoken`].
-                if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
-                    return Poll::Ready(Some(r));
-                }
-                conn.poll_driver(cx);
-                if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
-                    return Poll::Ready(Some(r));
-                }
-                match &mut conn.deadline {
-                    Some(t) => t.as_mut().poll(cx).map(|()| None),
-                    None => Poll::Pending,
-                }
-            })
-            .await;
-            let Some(sent) = sent else {
+            let Some(sent) = exchange(&mut conn, req, deadline).await else {
                 return Err(SendError::TimedOut);
             };
             match sent {
@@ -275,8 +263,7 @@ impl H1 {
         let (sender, driver) = self.builder.handshake(*io).await.ok()?;
         Some(Box::new(Conn {
             sender,
-            driver,
-            done: false,
+            driver: Some(driver),
             deadline: None,
         }))
     }
@@ -302,14 +289,13 @@ impl H1 {
             .map_err(|e| SendError::Connect(error_chain(&e)))?;
         Ok(Box::new(Conn {
             sender,
-            driver,
-            done: false,
+            driver: Some(driver),
             deadline: None,
         }))
     }
 
     fn put(&self, server: usize, conn: Box<Conn>) {
-        if conn.done || self.max_idle == 0 {
+        if conn.driver.is_none() || self.max_idle == 0 {
             return;
         }
         if let Ok(mut list) = self.list(server).lock() {
@@ -371,8 +357,7 @@ fn tend(i: Idle, idle_timeout: Duration, cx: &mut Context<'_>) -> Option<Idle> {
     }
     // Taken apart only when idle and ready for a request, so nothing of an exchange is lost.
     // Bytes read and not used would be the server speaking unasked: not reusable then.
-    let Conn { driver, .. } = *conn;
-    let parts = driver.into_parts();
+    let parts = conn.driver.take()?.into_parts();
     parts.read_buf.is_empty().then(|| Idle {
         conn: Slot::Parked(Box::new(parts.io)),
         since: i.since,
@@ -396,6 +381,34 @@ fn quiet(io: &Io) -> bool {
             }
         }
     }
+}
+
+/// Sends `req` on `conn` and drives the connection until the response head arrives (or the
+/// request is handed back unsent); `None` at `deadline`.
+async fn exchange(
+    conn: &mut Conn,
+    req: Request<ForwardBody>,
+    deadline: tokio::time::Instant,
+) -> Option<Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ForwardBody>>>> {
+    conn.arm(deadline);
+    let mut fut = std::pin::pin!(conn.sender.try_send_request(req));
+    poll_fn(|cx| {
+        // The answer can only come while this task polls the connection: see [`unwoken`].
+        if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
+            return Poll::Ready(Some(r));
+        }
+        conn.poll_driver(cx);
+        if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
+            return Poll::Ready(Some(r));
+        }
+        // Armed above, and polled with the task's waker: should tokio's cooperative budget have
+        // run out in the polls above, this poll too schedules the task again.
+        match &mut conn.deadline {
+            Some(t) => t.as_mut().poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// A context whose waker does nothing, for polling the parts of a connection's exchange that
@@ -457,6 +470,41 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server closes an idle connection just after the pool judged it reusable: hyper finds
+    /// the end before it takes the request, which must come back at once (for `send` to try
+    /// another connection), not wait for the response-head deadline.
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_under_it_comes_back_unsent() {
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(server.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = server.accept().await.unwrap();
+        let (sender, driver) = http1::Builder::new()
+            .handshake(IoHttp(TokioIo::new(client)))
+            .await
+            .unwrap();
+        let mut conn = Conn {
+            sender,
+            driver: Some(driver),
+            deadline: None,
+        };
+        assert!(conn.poll_reusable(&mut unwoken()));
+        drop(accepted);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let req = Request::get("/").body(ForwardBody::Empty).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let sent =
+            tokio::time::timeout(Duration::from_secs(10), exchange(&mut conn, req, deadline))
+                .await
+                .expect("the request waited for its deadline");
+        match sent {
+            Some(Err(mut e)) => assert!(e.take_message().is_some(), "not handed back: {e:?}"),
+            Some(Ok(r)) => panic!("a response from a closed connection: {r:?}"),
+            None => panic!("timed out"),
+        }
+    }
 
     #[tokio::test]
     async fn a_parked_socket_is_quiet_until_the_server_closes_it() {

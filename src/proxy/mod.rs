@@ -591,7 +591,11 @@ async fn send(
         );
     };
     let authority = &pool.servers[server].authority;
-    let deadline = tokio::time::Instant::now() + head_timeout;
+    // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
+    let now = tokio::time::Instant::now();
+    let deadline = now
+        .checked_add(head_timeout)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
     match h1.send(server, authority, req, deadline).await {
         Ok((resp, lease)) => (Ok(resp), Some(lease)),
         Err(e) => (Err(e), None),
