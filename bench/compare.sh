@@ -266,6 +266,8 @@ fi
 # TLS 1.3 suites in weir's order (src/tls.rs, Mozilla intermediate), for nginx and HAProxy too, each
 # choosing by its own order: the handshake's key schedule then costs the same for all three.
 TLS13_SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+# and the TLS 1.2 ones, for a TLS 1.2 client: OpenSSL's default (HIGH) order puts AES-256 first
+TLS12_CIPHERS=ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305
 head -c 1048576 /dev/urandom >"$TMP/www/1m.bin"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
   -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -313,6 +315,7 @@ mkdir -p "$TMP/upstream-tmp" "$TMP/nginx-tmp"
     listen 127.0.0.1:$UPSTREAM_TLS_PORT ssl http2 backlog=4096;
     ssl_prefer_server_ciphers on;
     ssl_conf_command Ciphersuites $TLS13_SUITES;
+    ssl_ciphers $TLS12_CIPHERS;
     ssl_certificate $TMP/certs/bench.crt;
     ssl_certificate_key $TMP/certs/bench.key;
     location = /1m.bin { root $TMP/www; }
@@ -348,6 +351,7 @@ EOF
     # (OpenSSL's default), AES-256-GCM-SHA384 costs nginx a SHA-384 key schedule per handshake.
     ssl_prefer_server_ciphers on;
     ssl_conf_command Ciphersuites $TLS13_SUITES;
+    ssl_ciphers $TLS12_CIPHERS;
     ssl_certificate $TMP/certs/bench.crt;
     ssl_certificate_key $TMP/certs/bench.key;
 EOF
@@ -375,6 +379,7 @@ global
   nbthread $WORKERS
   no strict-limits   # we may not raise RLIMIT_NOFILE here; the soft limit we have is enough
   ssl-default-bind-ciphersuites $TLS13_SUITES   # weir's order (HAProxy's own is AES-256 first)
+  ssl-default-bind-ciphers $TLS12_CIPHERS
   maxconn $((IDLE_CONNS + 5000))
 
 defaults
