@@ -48,10 +48,8 @@ pub enum SendError {
 /// One upstream connection: hyper's handle to send on it and the future that does its IO.
 struct Conn {
     sender: http1::SendRequest<ForwardBody>,
-    /// `None` once it has completed. Dropped then, not kept: a request still queued in it (the
-    /// server closed the connection before hyper took the request) is handed back to `send`
-    /// (`take_message`, then another connection) only when hyper's dispatcher is dropped; kept,
-    /// the request waited for its response-head deadline.
+    /// `None` once it has completed: hyper's dispatcher and its buffers go at once, and a drop is
+    /// the one place hyper hands back (`take_message`) any request still queued in it.
     driver: Option<Driver>,
     /// The response-head deadline of the request on this connection, kept from one request to
     /// the next: moving a registered tokio timer to a later deadline is one atomic store, where
