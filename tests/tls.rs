@@ -808,6 +808,43 @@ async fn second_connection_resumes_the_session() {
     }
 }
 
+/// One TLS 1.3 ticket per handshake: a client holding the first connection's ticket resumes
+/// once, and a connection made before it has read the next ticket is a full handshake.
+#[tokio::test]
+async fn each_handshake_leaves_one_session_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
+    let backend = Backend::start("app").await;
+    let weir = start_in(
+        dir.path(),
+        &tls_config(&certificates(&[&pa]), &backend),
+        &["web"],
+    )
+    .await;
+    let cfg = client_config(Opts {
+        versions: ONLY_13,
+        resumption: true,
+        ..Opts::default()
+    });
+    let mut first = must_connect(&weir, dns("a.test"), cfg.clone()).await;
+    assert_eq!(first.kind, Some(HandshakeKind::Full));
+    // A request/response, so the tickets sent after the handshake are read.
+    assert_eq!(
+        first.must_send(&weir, get("a.test", "/1")).await.backend(),
+        "app"
+    );
+    drop(first);
+    let second = must_connect(&weir, dns("a.test"), cfg.clone()).await;
+    assert_eq!(second.kind, Some(HandshakeKind::Resumed));
+    // The second connection's own ticket is not read yet: nothing left to resume with.
+    let third = must_connect(&weir, dns("a.test"), cfg).await;
+    assert_eq!(
+        third.kind,
+        Some(HandshakeKind::Full),
+        "the first handshake left more than one ticket"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Rotation
 // ---------------------------------------------------------------------------------------------
