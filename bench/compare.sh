@@ -286,6 +286,16 @@ error_log $TMP/logs/$1.error.log warn;
 events { worker_connections $((IDLE_CONNS + 5000)); multi_accept on; }
 EOF
 }
+nginx_tls() { # the TLS lines of every nginx TLS listener: weir's suite order, chosen by the server
+  cat <<EOF
+    ssl_prefer_server_ciphers on;
+    ssl_conf_command Ciphersuites $TLS13_SUITES;
+    ssl_ciphers $TLS12_CIPHERS;
+    ssl_certificate $TMP/certs/bench.crt;
+    ssl_certificate_key $TMP/certs/bench.key;
+EOF
+}
+
 nginx_http_common() { # temp paths into our dir; no access log
   cat <<EOF
   access_log off;
@@ -313,11 +323,9 @@ mkdir -p "$TMP/upstream-tmp" "$TMP/nginx-tmp"
   server {
     listen 127.0.0.1:$UPSTREAM_PORT backlog=4096;
     listen 127.0.0.1:$UPSTREAM_TLS_PORT ssl http2 backlog=4096;
-    ssl_prefer_server_ciphers on;
-    ssl_conf_command Ciphersuites $TLS13_SUITES;
-    ssl_ciphers $TLS12_CIPHERS;
-    ssl_certificate $TMP/certs/bench.crt;
-    ssl_certificate_key $TMP/certs/bench.key;
+EOF
+  nginx_tls
+  cat <<EOF
     location = /1m.bin { root $TMP/www; }
     location / { default_type text/plain; return 200 "ok"; }
   }
@@ -347,14 +355,8 @@ EOF
     # weir's (and HAProxy's) versions. nginx before 1.23.4 (Debian 12 has 1.22) leaves TLS 1.3
     # out by default, and a TLS 1.2 resumption skips the key exchange a TLS 1.3 one makes.
     ssl_protocols TLSv1.2 TLSv1.3;
-    # weir's TLS 1.3 suite order, chosen by the server as weir does: left to the client
-    # (OpenSSL's default), AES-256-GCM-SHA384 costs nginx a SHA-384 key schedule per handshake.
-    ssl_prefer_server_ciphers on;
-    ssl_conf_command Ciphersuites $TLS13_SUITES;
-    ssl_ciphers $TLS12_CIPHERS;
-    ssl_certificate $TMP/certs/bench.crt;
-    ssl_certificate_key $TMP/certs/bench.key;
 EOF
+  [[ $TLS == 1 ]] && nginx_tls
   cat <<EOF
     location / {
       proxy_pass http://bench_upstream;

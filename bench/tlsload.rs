@@ -32,12 +32,17 @@
 //! `requests` counts `200` responses only; a readable summary goes to stderr. Exit status 1 when
 //! not one request succeeded.
 
+// wrk's `SSL_VERIFY_NONE`: no chain or name check, the handshake signature verified. Shared with
+// the tests, which trust weir's certificates the same way.
+#[path = "../tests/support/accept_any.rs"]
+mod accept_any;
+
+use accept_any::AcceptAny;
 use clap::Parser;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -133,45 +138,6 @@ fn parse_url(url: &str) -> Result<Target, String> {
     })
 }
 
-/// wrk's `SSL_VERIFY_NONE`: no chain or name check, but the handshake signature is verified.
-#[derive(Debug)]
-struct AnyCertSignatureChecked(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertSignatureChecked {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 fn client_config() -> Result<ClientConfig, rustls::Error> {
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
     let provider = CryptoProvider {
@@ -179,9 +145,7 @@ fn client_config() -> Result<ClientConfig, rustls::Error> {
         kx_groups: vec![kx_group::X25519, kx_group::SECP256R1, kx_group::SECP384R1],
         ..default_provider()
     };
-    let verifier = Arc::new(AnyCertSignatureChecked(
-        provider.signature_verification_algorithms,
-    ));
+    let verifier = Arc::new(AcceptAny(provider.signature_verification_algorithms));
     let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .dangerous()

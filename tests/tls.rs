@@ -27,15 +27,12 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use regex::Regex;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, HandshakeKind, ProtocolVersion, SignatureScheme,
-    SupportedProtocolVersion,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVersion};
 use serde_json::json;
+use support::accept_any::AcceptAny;
 use support::{empty, Backend, Body, Resp, Weir, WAIT};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -185,6 +182,21 @@ fn tls_config(tls_lines: &str, backend: &Backend) -> String {
     )
 }
 
+/// weir with one TLS listener serving `a.test` (a self-signed certificate) in front of the backend
+/// "app"; dropped in that order: weir, the backend, then the directory with the certificate.
+async fn a_test_site() -> (Weir, Backend, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
+    let backend = Backend::start("app").await;
+    let weir = start_in(
+        dir.path(),
+        &tls_config(&certificates(&[&pa]), &backend),
+        &["web"],
+    )
+    .await;
+    (weir, backend, dir)
+}
+
 /// Writes `yaml` as `weir.yaml` in `dir` and serves it, waiting for `names`.
 async fn start_in(dir: &Path, yaml: &str, names: &[&str]) -> Weir {
     let path = dir.join("weir.yaml");
@@ -195,56 +207,6 @@ async fn start_in(dir: &Path, yaml: &str, names: &[&str]) -> Weir {
 // ---------------------------------------------------------------------------------------------
 // Client
 // ---------------------------------------------------------------------------------------------
-
-/// Accepts any server certificate (signatures are still checked), so tests can look at which one
-/// was presented.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 static BOTH: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
 static ONLY_12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
@@ -275,7 +237,7 @@ fn client_config(o: Opts<'_>) -> Arc<ClientConfig> {
         .with_protocol_versions(o.versions)
         .expect("protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(p)));
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(p.signature_verification_algorithms)));
     let mut cfg = match o.client_cert {
         Some(c) => builder
             .with_client_auth_cert(vec![c.der.clone()], c.key())
@@ -542,15 +504,7 @@ async fn wildcard_certificate_covers_one_label() {
 
 #[tokio::test]
 async fn alpn_negotiates_h2_or_http1_and_proxies_end_to_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
-    let backend = Backend::start("app").await;
-    let weir = start_in(
-        dir.path(),
-        &tls_config(&certificates(&[&pa]), &backend),
-        &["web"],
-    )
-    .await;
+    let (weir, _backend, _dir) = a_test_site().await;
 
     // h2 offered (first) → h2, and the request goes through over HTTP/2.
     let cfg = client_config(Opts {
@@ -661,15 +615,7 @@ async fn min_version_1_3_refuses_tls_1_2() {
 
 #[tokio::test]
 async fn default_listener_accepts_tls_1_2_and_1_3() {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
-    let backend = Backend::start("app").await;
-    let weir = start_in(
-        dir.path(),
-        &tls_config(&certificates(&[&pa]), &backend),
-        &["web"],
-    )
-    .await;
+    let (weir, _backend, _dir) = a_test_site().await;
 
     for (versions, want) in [
         (ONLY_12, ProtocolVersion::TLSv1_2),
@@ -714,15 +660,7 @@ async fn s_client(addr: SocketAddr, extra: &[&str]) -> Option<Output> {
 
 #[tokio::test]
 async fn tls_1_1_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
-    let backend = Backend::start("app").await;
-    let weir = start_in(
-        dir.path(),
-        &tls_config(&certificates(&[&pa]), &backend),
-        &["web"],
-    )
-    .await;
+    let (weir, _backend, _dir) = a_test_site().await;
 
     // The tool works against this listener at TLS 1.2 ...
     let Some(ok) = s_client(weir.addr(), &["-tls1_2"]).await else {
@@ -767,33 +705,32 @@ async fn tls_1_1_is_refused() {
 // 5. Resumption
 // ---------------------------------------------------------------------------------------------
 
+/// A client config that remembers sessions, after one full handshake and one exchange with
+/// `a.test` on it (so the TLS 1.3 session tickets sent after the handshake are read).
+async fn after_one_session(
+    weir: &Weir,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Arc<ClientConfig> {
+    let cfg = client_config(Opts {
+        versions,
+        resumption: true,
+        ..Opts::default()
+    });
+    let mut first = must_connect(weir, dns("a.test"), cfg.clone()).await;
+    assert_eq!(first.kind, Some(HandshakeKind::Full));
+    assert_eq!(
+        first.must_send(weir, get("a.test", "/1")).await.backend(),
+        "app"
+    );
+    cfg
+}
+
 #[tokio::test]
 async fn second_connection_resumes_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
-    let backend = Backend::start("app").await;
-    let weir = start_in(
-        dir.path(),
-        &tls_config(&certificates(&[&pa]), &backend),
-        &["web"],
-    )
-    .await;
+    let (weir, _backend, _dir) = a_test_site().await;
 
     for versions in [ONLY_13, ONLY_12] {
-        let cfg = client_config(Opts {
-            versions,
-            resumption: true,
-            ..Opts::default()
-        });
-        let mut first = must_connect(&weir, dns("a.test"), cfg.clone()).await;
-        assert_eq!(first.kind, Some(HandshakeKind::Full));
-        // A request/response, so the TLS 1.3 session tickets sent after the handshake are read.
-        assert_eq!(
-            first.must_send(&weir, get("a.test", "/1")).await.backend(),
-            "app"
-        );
-        drop(first);
-
+        let cfg = after_one_session(&weir, versions).await;
         let mut second = must_connect(&weir, dns("a.test"), cfg).await;
         assert_eq!(
             second.kind,
@@ -812,28 +749,8 @@ async fn second_connection_resumes_the_session() {
 /// once, and a connection made before it has read the next ticket is a full handshake.
 #[tokio::test]
 async fn each_handshake_leaves_one_session_ticket() {
-    let dir = tempfile::tempdir().unwrap();
-    let pa = self_signed(&["a.test"]).write(dir.path(), "a");
-    let backend = Backend::start("app").await;
-    let weir = start_in(
-        dir.path(),
-        &tls_config(&certificates(&[&pa]), &backend),
-        &["web"],
-    )
-    .await;
-    let cfg = client_config(Opts {
-        versions: ONLY_13,
-        resumption: true,
-        ..Opts::default()
-    });
-    let mut first = must_connect(&weir, dns("a.test"), cfg.clone()).await;
-    assert_eq!(first.kind, Some(HandshakeKind::Full));
-    // A request/response, so the tickets sent after the handshake are read.
-    assert_eq!(
-        first.must_send(&weir, get("a.test", "/1")).await.backend(),
-        "app"
-    );
-    drop(first);
+    let (weir, _backend, _dir) = a_test_site().await;
+    let cfg = after_one_session(&weir, ONLY_13).await;
     let second = must_connect(&weir, dns("a.test"), cfg.clone()).await;
     assert_eq!(second.kind, Some(HandshakeKind::Resumed));
     // The second connection's own ticket is not read yet: nothing left to resume with.

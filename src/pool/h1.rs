@@ -469,20 +469,23 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    /// The server closes an idle connection just after the pool judged it reusable: hyper finds
-    /// the end before it takes the request, which must come back at once (for `send` to try
-    /// another connection), not wait for the response-head deadline.
-    #[tokio::test]
-    async fn a_request_on_a_connection_closed_under_it_comes_back_unsent() {
+    /// A client socket as the pool holds one, and the server's end of it.
+    async fn connected() -> (Io, tokio::net::TcpStream) {
         let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = tokio::net::TcpStream::connect(server.local_addr().unwrap())
             .await
             .unwrap();
         let (accepted, _) = server.accept().await.unwrap();
-        let (sender, driver) = http1::Builder::new()
-            .handshake(IoHttp(TokioIo::new(client)))
-            .await
-            .unwrap();
+        (IoHttp(TokioIo::new(client)), accepted)
+    }
+
+    /// The server closes an idle connection just after the pool judged it reusable: hyper finds
+    /// the end before it takes the request, which must come back at once (for `send` to try
+    /// another connection), not wait for the response-head deadline.
+    #[tokio::test]
+    async fn a_request_on_a_connection_closed_under_it_comes_back_unsent() {
+        let (io, accepted) = connected().await;
+        let (sender, driver) = http1::Builder::new().handshake(io).await.unwrap();
         let mut conn = Conn {
             sender,
             driver: Some(driver),
@@ -506,12 +509,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_parked_socket_is_quiet_until_the_server_closes_it() {
-        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(server.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (accepted, _) = server.accept().await.unwrap();
-        let io: Io = IoHttp(TokioIo::new(client));
+        let (io, accepted) = connected().await;
         assert!(quiet(&io));
         drop(accepted);
         let closed = tokio::time::timeout(Duration::from_secs(10), async {

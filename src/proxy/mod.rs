@@ -583,19 +583,16 @@ async fn send(
     req: Request<ForwardBody>,
     head_timeout: std::time::Duration,
 ) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
-    let Some(h1) = driven else {
-        // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
-        return (
-            crate::boxed(send_shared(pool, req, head_timeout)).await,
-            None,
-        );
-    };
-    let authority = &pool.servers[server].authority;
     // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
     let now = tokio::time::Instant::now();
     let deadline = now
         .checked_add(head_timeout)
         .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+    let Some(h1) = driven else {
+        // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
+        return (crate::boxed(send_shared(pool, req, deadline)).await, None);
+    };
+    let authority = &pool.servers[server].authority;
     match h1.send(server, authority, req, deadline).await {
         Ok((resp, lease)) => (Ok(resp), Some(lease)),
         Err(e) => (Err(e), None),
@@ -606,10 +603,10 @@ async fn send(
 async fn send_shared(
     pool: &Pool,
     req: Request<ForwardBody>,
-    head_timeout: std::time::Duration,
+    deadline: tokio::time::Instant,
 ) -> attempts::Sent {
     use crate::pool::h1::SendError;
-    match tokio::time::timeout(head_timeout, pool.client().request(req)).await {
+    match tokio::time::timeout_at(deadline, pool.client().request(req)).await {
         Err(_) => Err(SendError::TimedOut),
         Ok(r) => r.map_err(|e| match e.is_connect() {
             true => SendError::Connect(crate::pool::h1::error_chain(&e)),

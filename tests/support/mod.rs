@@ -4,6 +4,7 @@
 //! temporary directory) and its own in-process backends, so tests are hermetic and run in parallel.
 //! Nothing here knows weir's internals: it only speaks HTTP to it, reads its stderr and sends it signals.
 //!
+//! - [`accept_any`]: a TLS client verifier that accepts any certificate (signatures still checked).
 //! - [`weir`]: spawn the binary, find its listeners in the log, keep every stderr line, signals, RSS.
 //! - [`backend`]: small hyper servers that answer with a JSON echo of what they received.
 //! - [`client`]: request helpers over hyper-util's pooled client, h2c, and streaming bodies.
@@ -16,6 +17,7 @@
 //! - [`closer`]: a server that closes a reused keep-alive connection instead of answering.
 #![allow(dead_code)]
 
+pub mod accept_any;
 pub mod backend;
 pub mod client;
 pub mod closer;

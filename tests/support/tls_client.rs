@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use tokio::time::timeout;
 
+use super::accept_any::AcceptAny;
 use super::client::{collect, Body, Resp};
 use super::WAIT;
 
@@ -23,45 +22,6 @@ pub fn dev_cert_paths() -> (String, String) {
         format!("{dir}/certs/dev.pem"),
         format!("{dir}/certs/dev.key"),
     )
-}
-
-/// Accepts any certificate (signatures still checked): these tests are about what flows inside.
-#[derive(Debug)]
-struct AcceptAny(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &CertificateDer<'_>,
-        d: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// A TLS connection to `addr` for `host` (SNI), offering only `alpn`; fails if the server picks
@@ -76,7 +36,9 @@ pub async fn tls_connect(
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(
+            provider.signature_verification_algorithms,
+        )))
         .with_no_client_auth();
     cfg.alpn_protocols = vec![alpn.as_bytes().to_vec()];
     let tcp = timeout(WAIT, tokio::net::TcpStream::connect(addr))
