@@ -445,10 +445,18 @@ impl Lease {
         self.conn.is_some()
     }
 
-    /// The response is complete: the connection may serve another request.
+    /// The response is complete: the connection may serve another request, once hyper has
+    /// finished writing this one. A server may answer before it has read the whole request body
+    /// (a 413, a 401 to an upload); hyper then still holds the client's body and goes on writing
+    /// it whenever the connection is polled, and an idle connection is polled only at a checkout
+    /// or the reaper's next turn, so the client's upload would stall until then. Such a
+    /// connection is closed instead, as nginx does with an upstream connection whose request was
+    /// not sent whole; the client's body is then let go with the response.
     pub fn release(&mut self) {
-        if let Some(c) = self.conn.take() {
-            self.h1.put(self.server, c);
+        if let Some(mut c) = self.conn.take() {
+            if c.sender.is_ready() || c.poll_reusable(&mut unwoken()) {
+                self.h1.put(self.server, c);
+            }
         }
     }
 }
@@ -505,6 +513,94 @@ mod tests {
             Some(Ok(r)) => panic!("a response from a closed connection: {r:?}"),
             None => panic!("timed out"),
         }
+    }
+
+    /// A pool of one server at `addr`, as `Pool::build` makes one for plain HTTP.
+    fn one_server_pool(addr: std::net::SocketAddr) -> (Arc<H1>, Authority) {
+        let tls = crate::tls::client_config(&crate::config::UpstreamTls {
+            ca: None,
+            sni: None,
+        })
+        .unwrap();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(hyper_util::client::legacy::connect::HttpConnector::new());
+        let h1 = H1::new(connector, false, 1, 8, Duration::from_secs(60));
+        (h1, addr.to_string().parse().unwrap())
+    }
+
+    /// A server that reads each request's head, answers it at once with `reply` whatever its
+    /// body, and keeps the connection open without reading on.
+    async fn answering_without_reading(reply: &'static [u8]) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = s.write_all(reply).await;
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                });
+            }
+        });
+        addr
+    }
+
+    /// Sends `req` through the pool and reads the response the way a client's response body does
+    /// (`ResponseBody` with the lease), to its end; the response's status.
+    async fn exchange_whole(h1: &Arc<H1>, authority: &Authority, req: Request<ForwardBody>) -> u16 {
+        use http_body_util::BodyExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            h1.send(0, authority, req, deadline),
+        );
+        let (resp, lease) = sent.await.expect("no response head").expect("send failed");
+        let status = resp.status().as_u16();
+        let mut body = crate::proxy::body::ResponseBody::upstream(resp.into_body());
+        body.drive(lease);
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame());
+            if frame.await.expect("body stalled").is_none() {
+                return status;
+            }
+        }
+    }
+
+    /// A server may answer before it has read the request body (a 413 to an upload). hyper then
+    /// still holds the body and writes it only while the connection is polled; pooled, the
+    /// connection would sit with the client's upload stalled until the reaper's next turn.
+    #[tokio::test]
+    async fn a_connection_still_writing_its_request_goes_back_to_no_pool() {
+        let addr = answering_without_reading(
+            b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!",
+        )
+        .await;
+        let (h1, authority) = one_server_pool(addr);
+        // More than loopback's socket buffers hold, so hyper is still writing it.
+        let upload = ForwardBody::full(vec![b'x'; 32 << 20]);
+        let req = Request::post("/upload").body(upload).unwrap();
+        assert_eq!(exchange_whole(&h1, &authority, req).await, 413);
+        assert_eq!(h1.list(0).lock().unwrap().len(), 0, "pooled mid-request");
+
+        // The same exchange with its request written whole keeps its connection.
+        let req = Request::get("/").body(ForwardBody::Empty).unwrap();
+        assert_eq!(exchange_whole(&h1, &authority, req).await, 413);
+        assert_eq!(
+            h1.list(0).lock().unwrap().len(),
+            1,
+            "a finished exchange not pooled"
+        );
     }
 
     #[tokio::test]
