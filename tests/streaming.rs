@@ -299,40 +299,13 @@ async fn fresh_get(weir: &Weir, path: &str) -> u16 {
         .status
 }
 
-/// A server that reads each request's head, answers it at once whatever its body, and keeps the
-/// connection open without reading on (an upload refused before it is read).
-async fn answering_before_the_body(reply: &'static [u8]) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(reply).await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            });
-        }
-    });
-    addr
-}
-
 /// The server refuses an upload before reading it: the client gets the answer whole, its
 /// connection is closed (the rest of its body is not wanted; nginx does the same), and the
 /// server connection that still held the unsent body is not reused for the next request.
 #[tokio::test]
 async fn an_early_answer_to_an_upload_reaches_the_client_and_ends_the_upload() {
-    let addr = answering_before_the_body(
-        b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!",
-    )
-    .await;
+    let reply = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!";
+    let addr = support::early::answering_before_the_body(reply).await;
     let weir = Weir::start(&config(addr, "")).await;
     let mut c = RawConn::connect(weir.addr()).await;
     let head = "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 33554432\r\n\r\n";

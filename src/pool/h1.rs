@@ -473,6 +473,11 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// The black-box tests' server that answers before reading the body, shared by path.
+#[cfg(test)]
+#[path = "../../tests/support/early.rs"]
+mod early;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -531,31 +536,6 @@ mod tests {
         (h1, addr.to_string().parse().unwrap())
     }
 
-    /// A server that reads each request's head, answers it at once with `reply` whatever its
-    /// body, and keeps the connection open without reading on.
-    async fn answering_without_reading(reply: &'static [u8]) -> std::net::SocketAddr {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = s.write_all(reply).await;
-                    tokio::time::sleep(Duration::from_secs(60)).await;
-                });
-            }
-        });
-        addr
-    }
-
     /// Sends `req` through the pool and reads the response the way a client's response body does
     /// (`ResponseBody` with the lease), to its end; the response's status.
     async fn exchange_whole(h1: &Arc<H1>, authority: &Authority, req: Request<ForwardBody>) -> u16 {
@@ -582,10 +562,8 @@ mod tests {
     /// connection would sit with the client's upload stalled until the reaper's next turn.
     #[tokio::test]
     async fn a_connection_still_writing_its_request_goes_back_to_no_pool() {
-        let addr = answering_without_reading(
-            b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!",
-        )
-        .await;
+        let reply = b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+        let addr = early::answering_before_the_body(reply).await;
         let (h1, authority) = one_server_pool(addr);
         // More than loopback's socket buffers hold, so hyper is still writing it.
         let upload = ForwardBody::full(vec![b'x'; 32 << 20]);

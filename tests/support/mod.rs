@@ -13,6 +13,7 @@
 //! - [`rawconn`]: one raw connection kept open for keep-alive and pipelining.
 //! - [`config`]: snippets for writing YAML configs around backends.
 //! - [`control`]: backends switchable at run time, and weir's admin API.
+//! - [`early`]: a server that answers before it has read the request body.
 //! - [`hung`]: a server that accepts and never answers.
 //! - [`closer`]: a server that closes a reused keep-alive connection instead of answering.
 #![allow(dead_code)]
@@ -23,6 +24,7 @@ pub mod client;
 pub mod closer;
 pub mod config;
 pub mod control;
+pub mod early;
 pub mod grpc;
 pub mod hung;
 pub mod load;
