@@ -14,6 +14,8 @@ WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that editing weir's own code reuses this layer.
 COPY Cargo.toml Cargo.lock ./
+# The build flags every build of weir uses (LLVM's inlining threshold), for the dependencies too.
+COPY .cargo ./.cargo
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \
  && touch src/lib.rs \

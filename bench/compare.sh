@@ -778,7 +778,10 @@ TLSLOAD_META=""
 if [[ " $SCENARIOS " == *" tls-hs-c"* ]]; then
   TLSLOAD_META="; tls-hs: bench/tlsload.rs -t$WRK_THREADS (rustls $(sed -n '/^name = "rustls"$/{n;s/^version = "\(.*\)"/\1/p;}' "$REPO_DIR/Cargo.lock"), aws-lc-rs, a full handshake per request)"
 fi
-cmd="QUICK=$QUICK TLS=$TLS ROUNDS=$ROUNDS DURATION=${DUR_S}s WORKERS=$WORKERS PIN=$PIN PGO=$PGO bench/compare.sh"
+cmd="QUICK=$QUICK TLS=$TLS ROUNDS=$ROUNDS DURATION=${DUR_S}s WORKERS=$WORKERS PIN=$PIN PGO=$PGO"
+[[ $PROXIES != "weir nginx haproxy ceiling" ]] && cmd+=" PROXIES=\"$PROXIES\""
+[[ $SCENARIOS != "$DEFAULT_SCENARIOS" ]] && cmd+=" SCENARIOS=\"$SCENARIOS\""
+cmd+=" bench/compare.sh"
 cp "$RAW" "$RESULTS_DIR/raw-latest.csv"
 python3 "$BENCH_DIR/aggregate.py" "$RAW" "$RESULTS_DIR/latest.csv" "$RESULTS_DIR/latest.md" \
   --meta "date: $(date -u '+%Y-%m-%d %H:%M UTC')" \
