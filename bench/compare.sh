@@ -230,7 +230,7 @@ log "proxies:   $PROXIES"
 WEIR_VERSION=unavailable
 if [[ " $PROXIES " == *" weir "* ]]; then
   if [[ $BUILD == 1 && $PGO == 1 ]]; then
-    log "bench/pgo.sh: weir's profile-guided build (~7 min; log in the temp dir)"
+    log "bench/pgo.sh: weir's profile-guided build (7-9 min; log in the temp dir)"
     if ! INSTALL=$INSTALL "$BENCH_DIR/pgo.sh" >"$TMP/logs/pgo.log" 2>&1; then
       tail -5 "$TMP/logs/pgo.log" >&2
       PROXY_DOWN[weir]="bench/pgo.sh failed"

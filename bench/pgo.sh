@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/pgo.sh: a profile-guided (PGO) release build of weir, at target/pgo/release/weir.
 #
-#   bench/pgo.sh            # ~7 minutes on 2 cores: two release builds and a 30 s workload
+#   bench/pgo.sh            # 7-9 minutes on 2 cores: two release builds and a 30 s workload
 #
 # 1. builds weir instrumented (target/pgo-gen);
 # 2. runs it for about 30 s under a mixed workload on loopback: HTTP/1.1 keep-alive and
