@@ -28,7 +28,7 @@ GEN=$REPO_DIR/target/pgo-gen      # the instrumented build's
 TMP=$(mktemp -d /tmp/weir-pgo.XXXXXX)
 DATA=$GEN/profraw                 # fixed, so a second run reuses the instrumented build's cache
 PROFILE=$OUT/weir.profdata
-WEIR_PORT=18180 TLS_PORT=18181 UPSTREAM_PORT=18182 SINK_PORT=18183
+WEIR_PORT=18180 TLS_PORT=18181 UPSTREAM_PORT=18182 SINK_PORT=18183 # weir's two are in bench/pgo.yaml
 
 log() { printf '[pgo %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
@@ -101,43 +101,15 @@ http {
   server { listen 127.0.0.1:$SINK_PORT; location / { return 200 "stored"; } }
 }
 EOF
-cat >"$TMP/weir.yaml" <<EOF
-listeners:
-  - name: web
-    bind: "127.0.0.1:$WEIR_PORT"
-  - name: secure
-    bind: "127.0.0.1:$TLS_PORT"
-    tls:
-      certificates:
-        - cert: $REPO_DIR/certs/dev.pem
-          key: $REPO_DIR/certs/dev.key
-pools:
-  app:
-    servers:
-      - address: "127.0.0.1:$UPSTREAM_PORT"
-  api:
-    balance: least_request
-    servers:
-      - address: "127.0.0.1:$UPSTREAM_PORT"
-routes:
-  - name: admin-host
-    match: { host: "admin.weir.test", path_prefix: "/" }
-    pool: app
-  - name: versioned
-    match: { path_regex: "^/v[0-9]+/" }
-    pool: api
-  - name: api
-    match: { path_prefix: "/api/" }
-    pool: api
-  - name: all
-    match: { path_prefix: "/" }
-    pool: app
-shutdown_timeout: 1s
-EOF
-"$GEN/release/weir" check --config "$TMP/weir.yaml" >/dev/null
+# bench/pgo.yaml (checked by `cargo test`, like compare.sh's configs), next to the dev certificate
+mkdir -p "$TMP/certs"
+cp "$REPO_DIR/certs/dev.pem" "$TMP/certs/bench.crt"
+cp "$REPO_DIR/certs/dev.key" "$TMP/certs/bench.key"
+cp "$BENCH_DIR/pgo.yaml" "$TMP/weir.yaml"
+(cd "$TMP" && "$GEN/release/weir" check --config weir.yaml >/dev/null)
 nginx -c "$TMP/upstream.conf" >/dev/null 2>&1 &
 PIDS+=($!)
-RUST_LOG=warn "$GEN/release/weir" run --config "$TMP/weir.yaml" 2>"$TMP/weir.err" &
+(cd "$TMP" && RUST_LOG=warn exec "$GEN/release/weir" run --config weir.yaml 2>"$TMP/weir.err") &
 WEIR_PID=$!
 PIDS+=("$WEIR_PID")
 for _ in $(seq 1 100); do
