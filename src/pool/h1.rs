@@ -520,20 +520,14 @@ mod tests {
         }
     }
 
-    /// A pool of one server at `addr`, as `Pool::build` makes one for plain HTTP.
+    /// The HTTP/1.1 connections of a one-server pool at `addr`, as `weir run` configures it.
     fn one_server_pool(addr: std::net::SocketAddr) -> (Arc<H1>, Authority) {
-        let tls = crate::tls::client_config(&crate::config::UpstreamTls {
-            ca: None,
-            sni: None,
-        })
-        .unwrap();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(hyper_util::client::legacy::connect::HttpConnector::new());
-        let h1 = H1::new(connector, false, 1, 8, Duration::from_secs(60));
-        (h1, addr.to_string().parse().unwrap())
+        let pool = crate::pool::tests::pool_at(&[addr.to_string()], "");
+        let h1 = pool
+            .h1
+            .clone()
+            .expect("a plain-HTTP pool drives its own connections");
+        (h1, pool.servers[0].authority.clone())
     }
 
     /// Sends `req` through the pool and reads the response the way a client's response body does

@@ -501,8 +501,16 @@ mod tests {
 
     /// A pool `p` of `n` servers with extra pool lines, through the real parser and validator.
     fn pool(n: usize, lines: &str) -> Pool {
-        let servers: String = (0..n)
-            .map(|i| format!("      - address: \"127.0.0.1:{}\"\n", 9000 + i))
+        let addresses: Vec<String> = (0..n).map(|i| format!("127.0.0.1:{}", 9000 + i)).collect();
+        pool_at(&addresses, lines)
+    }
+
+    /// A pool `p` of the servers at `addresses`, built as `weir run` builds one (`h1`'s tests
+    /// send through it).
+    pub(crate) fn pool_at(addresses: &[String], lines: &str) -> Pool {
+        let servers: String = addresses
+            .iter()
+            .map(|a| format!("      - address: \"{a}\"\n"))
             .collect();
         let text = format!(
             "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\npools:\n  p:\n{lines}    servers:\n{servers}\
