@@ -174,15 +174,20 @@ impl H1 {
         h1
     }
 
-    /// Sends `req` (origin-form, with its `Host`) to `server` on an idle connection or a new one,
-    /// and drives that connection until the response head arrives, or fails with
-    /// [`SendError::TimedOut`] at `deadline`. A pooled connection found closed before the request
-    /// could be written is replaced without the caller noticing.
+    /// Sends the request `request` makes (origin-form, with its `Host`) to `server` on an idle
+    /// connection or a new one, and drives that connection until the response head arrives, or
+    /// fails with [`SendError::TimedOut`] at `deadline`. A pooled connection found closed before
+    /// the request could be written is replaced without the caller noticing, with the request made
+    /// again (its body is still the client's: a streaming body is only taken when first polled).
+    ///
+    /// The request is made here, at the last moment, rather than passed in: every async fn it
+    /// passed through would keep a copy of it (304 bytes) in its future, and each future is
+    /// copied whole into its box and about the task on every request.
     pub async fn send(
         self: &Arc<Self>,
         server: usize,
         authority: &Authority,
-        mut req: Request<ForwardBody>,
+        request: impl Fn() -> Request<ForwardBody>,
         deadline: tokio::time::Instant,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         loop {
@@ -201,7 +206,9 @@ impl H1 {
                     (c, Some(ConnectTiming { took, done_at }))
                 }
             };
-            let Some(sent) = exchange(&mut conn, req, deadline).await else {
+            conn.arm(deadline);
+            let mut sending = std::pin::pin!(conn.sender.try_send_request(request()));
+            let Some(sent) = exchange(&mut conn, sending.as_mut()).await else {
                 return Err(SendError::TimedOut);
             };
             match sent {
@@ -216,10 +223,9 @@ impl H1 {
                     };
                     return Ok((resp, lease));
                 }
-                Err(mut e) => match e.take_message() {
-                    Some(back) if timing.is_none() => req = back,
-                    _ => return Err(SendError::Request(error_chain(&e.into_error()))),
-                },
+                // Never written: a pooled connection the server had closed. Another one.
+                Err(e) if timing.is_none() && e.message().is_some() => {}
+                Err(e) => return Err(SendError::Request(error_chain(&e.into_error()))),
             }
         }
     }
@@ -383,20 +389,20 @@ fn quiet(io: &Io) -> bool {
 
 /// Sends `req` on `conn` and drives the connection until the response head arrives (or the
 /// request is handed back unsent); `None` at `deadline`.
-async fn exchange(
-    conn: &mut Conn,
-    req: Request<ForwardBody>,
-    deadline: tokio::time::Instant,
-) -> Option<Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ForwardBody>>>> {
-    conn.arm(deadline);
-    let mut fut = std::pin::pin!(conn.sender.try_send_request(req));
-    poll_fn(|cx| {
+/// Drives `conn` until `sending`, the request sent on it, has its response head, or until the
+/// deadline `conn` is armed with (`None`). A plain function over borrowed parts: the future that
+/// owns the request's sending future is the caller's, and this one adds 16 bytes to it.
+fn exchange<'a, F: Future>(
+    conn: &'a mut Conn,
+    mut sending: Pin<&'a mut F>,
+) -> impl Future<Output = Option<F::Output>> + 'a {
+    poll_fn(move |cx| {
         // The answer can only come while this task polls the connection: see [`unwoken`].
-        if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
+        if let Poll::Ready(r) = sending.as_mut().poll(&mut unwoken()) {
             return Poll::Ready(Some(r));
         }
         conn.poll_driver(cx);
-        if let Poll::Ready(r) = fut.as_mut().poll(&mut unwoken()) {
+        if let Poll::Ready(r) = sending.as_mut().poll(&mut unwoken()) {
             return Poll::Ready(Some(r));
         }
         // Armed above, and polled with the task's waker: should tokio's cooperative budget have
@@ -406,7 +412,6 @@ async fn exchange(
             None => Poll::Pending,
         }
     })
-    .await
 }
 
 /// A context whose waker does nothing, for polling the parts of a connection's exchange that
@@ -508,11 +513,14 @@ mod tests {
         drop(accepted);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let req = Request::get("/").body(ForwardBody::Empty).unwrap();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let sent =
-            tokio::time::timeout(Duration::from_secs(10), exchange(&mut conn, req, deadline))
-                .await
-                .expect("the request waited for its deadline");
+        conn.arm(tokio::time::Instant::now() + Duration::from_secs(60));
+        let mut sending = std::pin::pin!(conn.sender.try_send_request(req));
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            exchange(&mut conn, sending.as_mut()),
+        )
+        .await
+        .expect("the request waited for its deadline");
         match sent {
             Some(Err(mut e)) => assert!(e.take_message().is_some(), "not handed back: {e:?}"),
             Some(Ok(r)) => panic!("a response from a closed connection: {r:?}"),
@@ -530,14 +538,18 @@ mod tests {
         (h1, pool.servers[0].authority.clone())
     }
 
-    /// Sends `req` through the pool and reads the response the way a client's response body does
-    /// (`ResponseBody` with the lease), to its end; the response's status.
-    async fn exchange_whole(h1: &Arc<H1>, authority: &Authority, req: Request<ForwardBody>) -> u16 {
+    /// Sends the request `request` makes through the pool and reads the response the way a
+    /// client's response body does (`ResponseBody` with the lease), to its end; its status.
+    async fn exchange_whole(
+        h1: &Arc<H1>,
+        authority: &Authority,
+        request: impl Fn() -> Request<ForwardBody>,
+    ) -> u16 {
         use http_body_util::BodyExt;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let sent = tokio::time::timeout(
             Duration::from_secs(10),
-            h1.send(0, authority, req, deadline),
+            h1.send(0, authority, request, deadline),
         );
         let (resp, lease) = sent.await.expect("no response head").expect("send failed");
         let status = resp.status().as_u16();
@@ -560,13 +572,13 @@ mod tests {
         let addr = early::answering_before_the_body(reply).await;
         let (h1, authority) = one_server_pool(addr);
         // More than loopback's socket buffers hold, so hyper is still writing it.
-        let upload = ForwardBody::full(vec![b'x'; 32 << 20]);
-        let req = Request::post("/upload").body(upload).unwrap();
+        let upload = || ForwardBody::full(vec![b'x'; 32 << 20]);
+        let req = || Request::post("/upload").body(upload()).unwrap();
         assert_eq!(exchange_whole(&h1, &authority, req).await, 413);
         assert_eq!(h1.list(0).lock().unwrap().len(), 0, "pooled mid-request");
 
         // The same exchange with its request written whole keeps its connection.
-        let req = Request::get("/").body(ForwardBody::Empty).unwrap();
+        let req = || Request::get("/").body(ForwardBody::Empty).unwrap();
         assert_eq!(exchange_whole(&h1, &authority, req).await, 413);
         assert_eq!(
             h1.list(0).lock().unwrap().len(),

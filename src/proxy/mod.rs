@@ -153,15 +153,20 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
     done.finish(0, None);
 }
 
-/// Serves one client request. The future hyper keeps for it: owned parts, and no layer of
-/// async fns between it and [`forward`], since each would keep its own copy of the request.
-pub async fn handle(
+/// Serves one client request: routes it and rewrites it for its server here, synchronously, and
+/// returns the future that sends it and answers.
+///
+/// That future is boxed and copied whole on every request, so it is kept small: an async fn keeps
+/// a copy of each argument beside the moved-out local (the request's 264 bytes twice), so this is
+/// a plain function and the future an `async move` block that uses what it captures in place.
+pub fn handle(
     req: Request<Incoming>,
     conn: Arc<ConnInfo>,
     shared: Arc<Shared>,
     busy: crate::conn::Busy,
-) -> Result<Response<ResponseBody>, std::convert::Infallible> {
-    let conn = &*conn;
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, std::convert::Infallible>>
+       + Send
+       + 'static {
     let rt = shared.runtime.load_full();
     // Copy what the access log prints only when it is on (`RUST_LOG=weir::access=off` saves it).
     let log = tracing::enabled!(target: "weir::access", tracing::Level::INFO);
@@ -195,15 +200,44 @@ pub async fn handle(
     });
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
-    let served = match route(&req, conn, &rt, &mut done, busy.index) {
-        Ok(Routed::Forward(route)) => {
-            let route = &rt.router.routes[route];
-            let pool = &rt.pools[route.pool];
-            forward(req, conn, route, pool, &mut done, busy.index, grpc).await
-        }
-        Ok(Routed::Reply(r)) => Ok(*r),
-        Err(e) => Err(e),
+    let mut step = match route(&req, &conn, &rt, &mut done, busy.index) {
+        Ok(Routed::Forward(i)) => match prepare(req, &conn, &rt, i, &mut done, busy.index, grpc) {
+            Ok(p) => Step::Forward(p),
+            Err(e) => Step::Answer(Err(e)),
+        },
+        Ok(Routed::Reply(r)) => Step::Answer(Ok(*r)),
+        Err(e) => Step::Answer(Err(e)),
     };
+    async move {
+        let served = match step {
+            // By reference: moved out, it would take its room in this future twice.
+            Step::Forward(ref mut p) => {
+                let route = &rt.router.routes[p.route];
+                let pool = &rt.pools[route.pool];
+                forward(p, &conn, route, pool, &mut done).await
+            }
+            Step::Answer(r) => r,
+        };
+        Ok(answer(served, &conn, done, busy, http1, grpc))
+    }
+}
+
+/// What [`handle`] has left to do once the request is routed.
+enum Step {
+    Forward(Prepared),
+    Answer(Result<Response<ResponseBody>, ProxyError>),
+}
+
+/// The response to send the client, from the server's or from weir's own, with what every
+/// response carries, and the request's record to finish when its body is done.
+fn answer(
+    served: Result<Response<ResponseBody>, ProxyError>,
+    conn: &ConnInfo,
+    mut done: Box<Done>,
+    busy: crate::conn::Busy,
+    http1: bool,
+    grpc: bool,
+) -> Response<ResponseBody> {
     let mut resp = match served {
         Ok(r) => r,
         Err(e) => {
@@ -228,7 +262,7 @@ pub async fn handle(
     done.status = resp.status().as_u16();
     resp.body_mut().on_finish(done);
     resp.body_mut().hold(busy);
-    Ok(resp)
+    resp
 }
 
 fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
@@ -426,15 +460,32 @@ pub fn upstream_path(uri: &Uri, strip: Option<&str>) -> http::uri::PathAndQuery 
     s.parse().unwrap_or_else(|_| root())
 }
 
-async fn forward(
+/// A routed request made ready for its pool's servers, before any attempt.
+struct Prepared {
+    /// The route's index in the table.
+    route: usize,
+    head: Head,
+    /// The client's body, when it has one, for the attempts to stream from.
+    slot: Option<Arc<BodySlot>>,
+    upgrade: Option<upgrade::Pending>,
+    /// The server the client's sticky cookie names, if it is still there.
+    pinned: Option<usize>,
+    head_timeout: std::time::Duration,
+}
+
+/// Rewrites the request for the servers of route `route_index`: hop-by-hop headers out,
+/// forwarding facts and the route's edits in, its path with the prefix stripped.
+fn prepare(
     req: Request<Incoming>,
     conn: &ConnInfo,
-    route: &Route,
-    pool: &Arc<Pool>,
+    rt: &Runtime,
+    route_index: usize,
     done: &mut Done,
     index: u64,
     grpc: bool,
-) -> Result<Response<ResponseBody>, ProxyError> {
+) -> Result<Prepared, ProxyError> {
+    let route = &rt.router.routes[route_index];
+    let pool = &rt.pools[route.pool];
     let (mut parts, body) = req.into_parts();
     if let Some(max) = route.max_body_size {
         let declared = parts
@@ -499,15 +550,43 @@ async fn forward(
         };
         BodySlot::new(body, watch)
     });
-    let input = crate::balance::PickInput {
-        client_ip: conn.peer.ip(),
-        headers: &head.headers,
-    };
     // A gRPC call's own deadline (`grpc-timeout`), when shorter; other requests have none.
     let head_timeout = if grpc {
         grpc::head_timeout(&head.headers, route.timeout)
     } else {
         route.timeout
+    };
+    Ok(Prepared {
+        route: route_index,
+        head,
+        slot,
+        upgrade,
+        pinned,
+        head_timeout,
+    })
+}
+
+/// Sends a prepared request to the servers its pool picks, trying another one where the retry
+/// policy allows, and turns the first response head into the client's response.
+async fn forward(
+    p: &mut Prepared,
+    conn: &ConnInfo,
+    route: &Route,
+    pool: &Arc<Pool>,
+    done: &mut Done,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let Prepared {
+        head,
+        slot,
+        upgrade,
+        pinned,
+        head_timeout,
+        ..
+    } = p;
+    let (head, slot, pinned, head_timeout) = (&*head, &*slot, *pinned, *head_timeout);
+    let input = crate::balance::PickInput {
+        client_ip: conn.peer.ip(),
+        headers: &head.headers,
     };
     let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
     loop {
@@ -516,16 +595,12 @@ async fn forward(
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
         let driven = pool.h1.as_ref().filter(|_| upgrade.is_none());
-        let req = build(
-            &head,
-            pool,
-            server,
-            slot.as_ref(),
-            route.max_body_size,
-            driven.is_none(),
-        );
+        let request = || {
+            let limit = route.max_body_size;
+            build(head, pool, server, slot.as_ref(), limit, driven.is_none())
+        };
         let sent_at = Instant::now();
-        let (sent, lease) = send(pool, driven, server, req, head_timeout).await;
+        let (sent, lease) = send(pool, driven, server, request, head_timeout).await;
         done.upstream_head = Some(sent_at.elapsed());
         if let Ok(r) = &sent {
             done.upstream_connect = r
@@ -538,7 +613,7 @@ async fn forward(
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
                 done.retries = attempt.retries();
-                let mut r = respond(resp, route, pool, server, pinned, conn, upgrade)?;
+                let mut r = respond(resp, route, pool, server, pinned, conn, upgrade.take())?;
                 r.body_mut()
                     .set_idle_timeout(route.stream_idle_timeout, slot.clone());
                 if let Some(l) = lease {
@@ -573,14 +648,17 @@ async fn forward(
     }
 }
 
-/// One attempt's request to `server` through the pool's own HTTP/1.1 connections (`driven`) or
-/// hyper-util's client, bounded by the response-head deadline; with the connection to drive
-/// while the response body streams, for the former.
+/// One attempt's request (made by `request` when it is about to leave: see [`H1::send`]) to
+/// `server` through the pool's own HTTP/1.1 connections (`driven`) or hyper-util's client,
+/// bounded by the response-head deadline; with the connection to drive while the response body
+/// streams, for the former.
+///
+/// [`H1::send`]: crate::pool::h1::H1::send
 async fn send(
     pool: &Pool,
     driven: Option<&Arc<crate::pool::h1::H1>>,
     server: usize,
-    req: Request<ForwardBody>,
+    request: impl Fn() -> Request<ForwardBody>,
     head_timeout: std::time::Duration,
 ) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
     // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
@@ -590,10 +668,13 @@ async fn send(
         .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
     let Some(h1) = driven else {
         // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
-        return (crate::boxed(send_shared(pool, req, deadline)).await, None);
+        return (
+            crate::boxed(send_shared(pool, request(), deadline)).await,
+            None,
+        );
     };
     let authority = &pool.servers[server].authority;
-    match h1.send(server, authority, req, deadline).await {
+    match h1.send(server, authority, request, deadline).await {
         Ok((resp, lease)) => (Ok(resp), Some(lease)),
         Err(e) => (Err(e), None),
     }
