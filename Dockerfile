@@ -14,7 +14,8 @@ WORKDIR /src
 
 # Dependencies first, against placeholder sources, so that editing weir's own code reuses this layer.
 COPY Cargo.toml Cargo.lock ./
-# The build flags every build of weir uses (LLVM's inlining threshold), for the dependencies too.
+# The build flags every build of weir uses, for the dependencies too: LLVM's inlining threshold, and
+# the PGO profile that .cargo/rustc-wrapper applies when this image's rustc is on the LLVM that wrote it.
 COPY .cargo ./.cargo
 RUN mkdir -p src \
  && echo 'fn main() {}' > src/main.rs \

@@ -33,8 +33,8 @@ WRK_TIMEOUT=${WRK_TIMEOUT:-5s}  # a response slower than this counts as a timeou
 PIN=${PIN:-1}                   # 1 = taskset: load generator on LOADGEN_CPUS, servers on SERVER_CPUS
 LOADGEN_CPUS=${LOADGEN_CPUS:-0}
 SERVER_CPUS=${SERVER_CPUS:-1}
-BUILD=${BUILD:-1}               # 0 = use the existing target/release/weir (or target/pgo, PGO=1)
-PGO=${PGO:-0}                   # 1 = measure weir's profile-guided build (bench/pgo.sh) instead
+BUILD=${BUILD:-1}               # 0 = use the existing target/release/weir (target/plain, PGO=0)
+PGO=${PGO:-1}                   # 0 = measure the plain build (WEIR_PGO=0, no PGO profile), in target/plain
 INSTALL=${INSTALL:-1}           # 0 = never call apt-get
 KEEP_TMP=${KEEP_TMP:-0}         # 1 = keep the temp dir (configs, logs, raw outputs)
 NGINX_UPSTREAM_KEEPALIVE=${NGINX_UPSTREAM_KEEPALIVE:-1024}
@@ -53,7 +53,19 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 RESULTS_DIR=${RESULTS_DIR:-$BENCH_DIR/results} # where latest.{md,csv} and raw-latest.csv go
 WEIR_BIN=$REPO_DIR/target/release/weir
-[[ $PGO == 1 ]] && WEIR_BIN=$REPO_DIR/target/pgo/release/weir
+[[ $PGO == 0 ]] && WEIR_BIN=$REPO_DIR/target/plain/release/weir
+# Which build of weir is measured, as .cargo/rustc-wrapper decides it for this rustc.
+build_kind() {
+  local llvm
+  llvm=$(rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  if [[ $PGO == 0 ]]; then
+    echo "plain build, WEIR_PGO=0"
+  elif [[ -n $llvm && -f $REPO_DIR/.cargo/pgo/llvm-$llvm.profdata ]]; then
+    echo "profile-guided: .cargo/pgo/llvm-$llvm.profdata"
+  else
+    echo "plain build: no PGO profile for rustc's LLVM ${llvm:-?}"
+  fi
+}
 TLSLOAD_BIN=$REPO_DIR/target/release/examples/tlsload # bench/tlsload.rs, the tls-hs load generator
 
 DUR_S=${DURATION%s}
@@ -229,11 +241,12 @@ log "proxies:   $PROXIES"
 # 2. build weir
 WEIR_VERSION=unavailable
 if [[ " $PROXIES " == *" weir "* ]]; then
-  if [[ $BUILD == 1 && $PGO == 1 ]]; then
-    log "bench/pgo.sh: weir's profile-guided build (7-9 min; log in the temp dir)"
-    if ! INSTALL=$INSTALL "$BENCH_DIR/pgo.sh" >"$TMP/logs/pgo.log" 2>&1; then
-      tail -5 "$TMP/logs/pgo.log" >&2
-      PROXY_DOWN[weir]="bench/pgo.sh failed"
+  if [[ $BUILD == 1 && $PGO == 0 ]]; then
+    log "WEIR_PGO=0 cargo build --release --target-dir target/plain (may wait on the cargo lock)"
+    if ! (cd "$REPO_DIR" && WEIR_PGO=0 cargo build --release --target-dir target/plain) \
+      >"$TMP/logs/cargo-build.log" 2>&1; then
+      tail -5 "$TMP/logs/cargo-build.log" >&2
+      PROXY_DOWN[weir]="WEIR_PGO=0 cargo build --release failed"
     fi
   elif [[ $BUILD == 1 ]]; then
     log "cargo build --release (may wait on the cargo lock)"
@@ -248,8 +261,8 @@ if [[ " $PROXIES " == *" weir "* ]]; then
     elif ! WEIR_VERSION=$("$WEIR_BIN" --version 2>&1); then
       PROXY_DOWN[weir]="weir --version failed"
       WEIR_VERSION=unavailable
-    elif [[ $PGO == 1 ]]; then
-      WEIR_VERSION="$WEIR_VERSION (profile-guided build, bench/pgo.sh)"
+    else
+      WEIR_VERSION="$WEIR_VERSION ($(build_kind))"
     fi
   fi
   [[ -n ${PROXY_DOWN[weir]:-} ]] && warn "weir: ${PROXY_DOWN[weir]}: its rows will be marked failed"

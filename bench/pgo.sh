@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# bench/pgo.sh: a profile-guided (PGO) release build of weir, at target/pgo/release/weir.
+# bench/pgo.sh: records the profile that release builds of weir are optimised with (PGO), and
+# rebuilds target/release/weir with it.
 #
 #   bench/pgo.sh            # 7-9 minutes on 2 cores: two release builds and a 30 s workload
 #
@@ -8,12 +9,19 @@
 #    `Connection: close`, 1 MiB responses, 1 MiB uploads, 200 connections, h2c, and over TLS
 #    HTTP/1.1, h2 and a new connection per request, through a few host, path and regex routes,
 #    with an nginx upstream;
-# 3. merges the profile (llvm-profdata of the LLVM that rustc is built on);
-# 4. builds weir again with it (target/pgo). `cargo build --release` is untouched.
+# 3. merges the profile (llvm-profdata of the LLVM that rustc is built on) into
+#    .cargo/pgo/llvm-N.profdata, N being that LLVM's major version: commit it;
+# 4. rebuilds target/release from clean (cargo cannot tell that the profile changed), with it.
+#
+# Every `cargo build --release` then uses that profile through .cargo/rustc-wrapper, when its
+# rustc is built on LLVM N; other compilers build without it. Run this again after changes to the
+# request path: functions whose control flow changed since the profile was recorded lose their
+# profile (LLVM ignores their stale counts), the rest keep it.
 #
 # The workload is broader than bench/compare.sh's scenarios on purpose: the profile says which
-# branches are hot in a proxy's ordinary work, not in one benchmark. Same source, same flags,
-# same features as a plain release build; only LLVM's code layout and inlining differ.
+# branches are hot in a proxy's ordinary work, not in one benchmark. Same source, same features
+# as the plain release build (`WEIR_PGO=0 cargo build --release`); only LLVM's code layout and
+# inlining differ.
 #
 # Needs nginx, wrk, h2load, curl (installed with apt-get when missing, unless INSTALL=0) and
 # llvm-profdata for rustc's LLVM major version (the `llvm-N` package, or rustup's llvm-tools).
@@ -23,11 +31,9 @@ set -euo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$BENCH_DIR/.." && pwd)
 INSTALL=${INSTALL:-1}
-OUT=$REPO_DIR/target/pgo          # the PGO build's target dir
-GEN=$REPO_DIR/target/pgo-gen      # the instrumented build's
+GEN=$REPO_DIR/target/pgo-gen      # the instrumented build's target dir
 TMP=$(mktemp -d /tmp/weir-pgo.XXXXXX)
 DATA=$GEN/profraw                 # fixed, so a second run reuses the instrumented build's cache
-PROFILE=$OUT/weir.profdata
 WEIR_PORT=18180 TLS_PORT=18181 UPSTREAM_PORT=18182 SINK_PORT=18183 # weir's two are in bench/pgo.yaml
 
 log() { printf '[pgo %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
@@ -44,6 +50,7 @@ trap cleanup EXIT
 # ------------------------------------------------------------------------------------------
 # tools: llvm-profdata must read the profiles rustc's own LLVM writes
 llvm_major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+PROFILE=$REPO_DIR/.cargo/pgo/llvm-$llvm_major.profdata # where .cargo/rustc-wrapper looks
 find_profdata() {
   local p
   for p in "$(rustc --print sysroot)"/lib/rustlib/*/bin/llvm-profdata \
@@ -145,12 +152,12 @@ wait "$WEIR_PID" || true # the profile is written as weir exits
 
 # ------------------------------------------------------------------------------------------
 # 3. merge, 4. the PGO build
-mkdir -p "$OUT"
+mkdir -p "$(dirname "$PROFILE")"
 shopt -s nullglob
 raw=("$DATA"/*.profraw)
 ((${#raw[@]})) || { echo "weir wrote no profile (see $TMP/weir.err)" >&2; exit 1; }
 "$PROFDATA" merge -o "$PROFILE" "${raw[@]}"
-log "profile: $PROFILE ($(du -h "$PROFILE" | cut -f1))"
-log "PGO build (target/pgo)"
-(cd "$REPO_DIR" && RUSTFLAGS="-Cprofile-use=$PROFILE" cargo build --release --target-dir "$OUT" --bin weir)
-log "done: $OUT/release/weir"
+log "profile: ${PROFILE#"$REPO_DIR"/} ($(du -h "$PROFILE" | cut -f1))"
+log "release build with it (target/release, from clean)"
+(cd "$REPO_DIR" && cargo clean --release && cargo build --release --bin weir)
+log "done: target/release/weir"
