@@ -207,7 +207,7 @@ impl ConnState {
     }
 
     fn stamp(&self) -> u64 {
-        crate::epoch().elapsed().as_nanos() as u64 + 1
+        crate::since_epoch().as_nanos() as u64 + 1
     }
 
     /// The instant a stamp stands for.

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod demo;
@@ -39,6 +40,11 @@ pub mod workers;
 pub(crate) fn epoch() -> tokio::time::Instant {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
     *EPOCH.get_or_init(tokio::time::Instant::now)
+}
+
+/// How long since [`epoch`], by [`clock::now`].
+pub(crate) fn since_epoch() -> std::time::Duration {
+    clock::tokio_now().saturating_duration_since(epoch())
 }
 
 /// A future on the heap, for a rare or long-lived branch of a hot future: an async fn's state is

@@ -235,7 +235,8 @@ pub fn serve(
         Accepted::Tls(Box::new(Tls { tcp, parts }))
     };
     // A block, not an async fn: an async fn keeps its arguments twice for as long as it runs.
-    async move {
+    // Each poll reads the clock once, however often the request path asks (`clock`).
+    crate::clock::PerPoll::new(async move {
         let _guards = &guards;
         match accepted {
             Accepted::Plain(client) => serve_http(client).await,
@@ -243,7 +244,7 @@ pub fn serve(
             // would make every plain-HTTP connection's task that large too.
             Accepted::Tls(tls) => boxed(serve_tls(tls)).await,
         }
-    }
+    })
 }
 
 async fn serve_tls(t: Box<Tls>) {
@@ -321,7 +322,7 @@ where
     IO: AsyncRead + AsyncWrite + Socket + Unpin + Send + 'static,
 {
     async move {
-        c.head_from = Instant::now();
+        c.head_from = crate::clock::tokio_now();
         // HTTP/2 by ALPN is known already; otherwise the first bytes tell (h2c with prior
         // knowledge).
         let started = !c.conn.state.h2.load(Relaxed);
@@ -420,10 +421,11 @@ where
                 tracing::debug!(peer = %c.conn.peer, listener = %c.conn.listener.name, "idle timeout");
                 return;
             };
-            if since.elapsed() < PARK_AFTER {
+            let now = crate::clock::tokio_now();
+            if now.saturating_duration_since(since) < PARK_AFTER {
                 park = Park::After;
             }
-            c.head_from = Instant::now();
+            c.head_from = now;
         }
     }
 }

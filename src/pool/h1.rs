@@ -235,7 +235,7 @@ impl H1 {
     async fn checkout(&self, server: usize) -> Option<Box<Conn>> {
         loop {
             let idle = self.list(server).lock().ok()?.pop()?;
-            if idle.since.elapsed() >= self.idle_timeout {
+            if crate::clock::now().saturating_duration_since(idle.since) >= self.idle_timeout {
                 continue;
             }
             let mut conn = match idle.conn {
@@ -306,7 +306,7 @@ impl H1 {
             if list.len() < self.max_idle {
                 list.push(Idle {
                     conn: Slot::Live(conn),
-                    since: Instant::now(),
+                    since: crate::clock::now(),
                 });
             }
         }

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 /// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines.
 pub fn now_ms() -> u64 {
-    crate::epoch().elapsed().as_millis() as u64 + 1
+    crate::since_epoch().as_millis() as u64 + 1
 }
 
 /// The last active probe, for `/status` and for logging state changes.

@@ -264,7 +264,7 @@ impl IdleTimer {
         if let IdleTimer::Set { timeout, request } = self {
             *self = IdleTimer::Running(Box::new(Idle {
                 timeout: *timeout,
-                last: Instant::now(),
+                last: crate::clock::now(),
                 request: request.take(),
                 sleep: None,
             }));
@@ -465,7 +465,7 @@ impl Body for ResponseBody {
                     }
                 }
                 if let IdleTimer::Running(idle) = &mut this.idle {
-                    idle.last = Instant::now();
+                    idle.last = crate::clock::now();
                 }
             }
             Poll::Pending => {

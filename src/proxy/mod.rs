@@ -86,7 +86,7 @@ impl Finish for Done {
         if let Some(reason) = cut {
             self.reason = reason;
         }
-        let dur = self.start.elapsed();
+        let dur = crate::clock::now().saturating_duration_since(self.start);
         self.shared.metrics.in_flight.dec();
         if let (Some(pool), Some(i)) = (&self.pool, self.server) {
             pool.release(i);
@@ -174,7 +174,7 @@ pub fn handle(
     let mut done = Box::new(Done {
         shared,
         log,
-        start: Instant::now(),
+        start: crate::clock::now(),
         method: req.method().clone(),
         host: if log {
             crate::router::matcher::request_host(&req).to_string()
@@ -599,9 +599,9 @@ async fn forward(
             let limit = route.max_body_size;
             build(head, pool, server, slot.as_ref(), limit, driven.is_none())
         };
-        let sent_at = Instant::now();
+        let sent_at = crate::clock::now();
         let (sent, lease) = send(pool, driven, server, request, head_timeout).await;
-        done.upstream_head = Some(sent_at.elapsed());
+        done.upstream_head = Some(crate::clock::now().saturating_duration_since(sent_at));
         if let Ok(r) = &sent {
             done.upstream_connect = r
                 .extensions()
@@ -662,7 +662,7 @@ async fn send(
     head_timeout: std::time::Duration,
 ) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
     // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
-    let now = tokio::time::Instant::now();
+    let now = crate::clock::tokio_now();
     let deadline = now
         .checked_add(head_timeout)
         .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
