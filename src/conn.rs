@@ -206,8 +206,10 @@ impl ConnState {
         }
     }
 
+    /// A fresh reading, not [`crate::clock::now`]'s per-poll one: the watchdog orders these stamps
+    /// (a head that started after the last request ended), and two taken in one poll must differ.
     fn stamp(&self) -> u64 {
-        crate::since_epoch().as_nanos() as u64 + 1
+        crate::epoch().elapsed().as_nanos() as u64 + 1
     }
 
     /// The instant a stamp stands for.

@@ -387,11 +387,10 @@ fn quiet(io: &Io) -> bool {
     }
 }
 
-/// Sends `req` on `conn` and drives the connection until the response head arrives (or the
-/// request is handed back unsent); `None` at `deadline`.
 /// Drives `conn` until `sending`, the request sent on it, has its response head, or until the
 /// deadline `conn` is armed with (`None`). A plain function over borrowed parts: the future that
-/// owns the request's sending future is the caller's, and this one adds 16 bytes to it.
+/// owns the request's sending future is the caller's, and this one adds 16 bytes to it. The
+/// request may also come back unsent (the connection was closed under it).
 fn exchange<'a, F: Future>(
     conn: &'a mut Conn,
     mut sending: Pin<&'a mut F>,
@@ -405,8 +404,8 @@ fn exchange<'a, F: Future>(
         if let Poll::Ready(r) = sending.as_mut().poll(&mut unwoken()) {
             return Poll::Ready(Some(r));
         }
-        // Armed above, and polled with the task's waker: should tokio's cooperative budget have
-        // run out in the polls above, this poll too schedules the task again.
+        // Armed by the caller, and polled with the task's waker: should tokio's cooperative budget
+        // have run out in the polls above, this poll too schedules the task again.
         match &mut conn.deadline {
             Some(t) => t.as_mut().poll(cx).map(|()| None),
             None => Poll::Pending,
