@@ -330,3 +330,46 @@ async fn connections_are_shared_out_over_the_workers() {
     )
     .await;
 }
+
+/// A client that goes away while its request waits on a server: hyper drops the request's future,
+/// and the request is still released from that server (its in-flight count drives
+/// `least_request` and `max_connections`, so a leak would hold a slot for good), counted, and
+/// logged as 499 `client_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_goes_away_is_released_and_logged_499() {
+    use tokio::io::AsyncWriteExt;
+    let hung = support::hung::HungServer::start().await;
+    let yaml = format!(
+        "listeners:\n  - name: web\n    bind: \"127.0.0.1:0\"\n\
+         pools:\n  p:\n    balance: least_request\n    servers:\n      - address: \"{}\"\n\
+         routes:\n  - name: api\n    match:\n      path_prefix: \"/\"\n    pool: p\n\
+         admin:\n  bind: \"127.0.0.1:0\"\n",
+        hung.addr
+    );
+    let weir = Weir::start(&yaml).await;
+    let admin = Admin::of(&weir).await;
+    let server = hung.addr.to_string();
+    let in_flight = |e: &support::prom::Exposition| {
+        e.sum(
+            "weir_server_in_flight_requests",
+            &[("server", server.as_str())],
+        )
+    };
+    let mut tcp = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+    tcp.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(
+        "the request waits on the server",
+        Duration::from_secs(10),
+        || async { in_flight(&metrics(&admin).await) == 1.0 },
+    )
+    .await;
+    drop(tcp);
+    eventually("the request released", Duration::from_secs(10), || async {
+        in_flight(&metrics(&admin).await) == 0.0
+    })
+    .await;
+    let line = weir.expect_access_log(499, Some("api")).await;
+    assert!(line.contains("client_closed"), "{line}");
+}

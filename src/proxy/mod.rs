@@ -74,6 +74,8 @@ struct Done {
     upstream_head: Option<std::time::Duration>,
     /// Set when the answering attempt opened a new upstream connection (not a pooled one).
     upstream_connect: Option<std::time::Duration>,
+    /// [`Finish::finish`] has run: the request is counted and logged, its server released.
+    finished: bool,
 }
 
 /// Milliseconds with microsecond precision, as a number (JSON logs get a number, not a string).
@@ -81,8 +83,22 @@ fn millis(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// A request whose future is dropped before it has a response (hyper drops it when the client
+/// goes away mid-request) is still counted, logged and, above all, released from its server: the
+/// server's in-flight count drives `least_request` and `max_connections`, and a request that
+/// vanished without a release would hold a slot there for good. Logged as nginx does, 499.
+impl Drop for Done {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.status = 499;
+            self.finish(0, Some("client_closed"));
+        }
+    }
+}
+
 impl Finish for Done {
     fn finish(&mut self, bytes: u64, cut: Option<&'static str>) {
+        self.finished = true;
         if let Some(reason) = cut {
             self.reason = reason;
         }
@@ -148,6 +164,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
         upstream_head: None,
         upstream_connect: None,
+        finished: false,
     };
     shared.metrics.in_flight.inc();
     done.finish(0, None);
@@ -197,6 +214,7 @@ pub fn handle(
         tls: conn.tls.as_ref().map_or("-", |t| t.version),
         upstream_head: None,
         upstream_connect: None,
+        finished: false,
     });
     let http1 = req.version() < Version::HTTP_2;
     let grpc = grpc::is_grpc(req.headers());
