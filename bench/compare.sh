@@ -56,14 +56,16 @@ WEIR_BIN=$REPO_DIR/target/release/weir
 [[ $PGO == 0 ]] && WEIR_BIN=$REPO_DIR/target/plain/release/weir
 # Which build of weir is measured, as .cargo/rustc-wrapper decides it for this rustc.
 build_kind() {
-  local llvm
+  local llvm key
   llvm=$(rustc -vV 2>/dev/null | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  key=$REPO_DIR/.cargo/pgo/llvm-$llvm.key
   if [[ $PGO == 0 ]]; then
     echo "plain build, WEIR_PGO=0"
-  elif [[ -n $llvm && -f $REPO_DIR/.cargo/pgo/llvm-$llvm.profdata ]]; then
+  elif [[ -n $llvm && -f ${key%.key}.profdata && -f $key &&
+    "$("$REPO_DIR/.cargo/rustc-wrapper" --pgo-key rustc)" == "$(cat "$key")" ]]; then
     echo "profile-guided: .cargo/pgo/llvm-$llvm.profdata"
   else
-    echo "plain build: no PGO profile for rustc's LLVM ${llvm:-?}"
+    echo "plain build: no PGO profile recorded with this rustc, Cargo.lock and Cargo.toml"
   fi
 }
 TLSLOAD_BIN=$REPO_DIR/target/release/examples/tlsload # bench/tlsload.rs, the tls-hs load generator

@@ -10,13 +10,15 @@
 #    HTTP/1.1, h2 and a new connection per request, through a few host, path and regex routes,
 #    with an nginx upstream;
 # 3. merges the profile (llvm-profdata of the LLVM that rustc is built on) into
-#    .cargo/pgo/llvm-N.profdata, N being that LLVM's major version: commit it;
+#    .cargo/pgo/llvm-N.profdata, N being that LLVM's major version, and writes beside it
+#    llvm-N.key, what it was recorded with (rustc, Cargo.lock, Cargo.toml): commit both;
 # 4. rebuilds target/release from clean (cargo cannot tell that the profile changed), with it.
 #
 # Every `cargo build --release` then uses that profile through .cargo/rustc-wrapper, when its
-# rustc is built on LLVM N; other compilers build without it. Run this again after changes to the
-# request path: functions whose control flow changed since the profile was recorded lose their
-# profile (LLVM ignores their stale counts), the rest keep it.
+# rustc, Cargo.lock and Cargo.toml are the ones in the key; anything else builds without it.
+# Run this again after changing those, or the request path: functions whose control flow changed
+# since the profile was recorded lose their profile (LLVM ignores their stale counts), the rest
+# keep it.
 #
 # The workload is broader than bench/compare.sh's scenarios on purpose: the profile says which
 # branches are hot in a proxy's ordinary work, not in one benchmark. Same source, same features
@@ -157,6 +159,9 @@ shopt -s nullglob
 raw=("$DATA"/*.profraw)
 ((${#raw[@]})) || { echo "weir wrote no profile (see $TMP/weir.err)" >&2; exit 1; }
 "$PROFDATA" merge -o "$PROFILE" "${raw[@]}"
+# What it was recorded with (rustc, Cargo.lock, Cargo.toml): .cargo/rustc-wrapper applies the
+# profile only to a build that matches, since its counts are keyed by hashed symbol names.
+"$REPO_DIR/.cargo/rustc-wrapper" --pgo-key "${RUSTC:-rustc}" >"${PROFILE%.profdata}.key"
 log "profile: ${PROFILE#"$REPO_DIR"/} ($(du -h "$PROFILE" | cut -f1))"
 log "release build with it (target/release, from clean)"
 (cd "$REPO_DIR" && cargo clean --release && cargo build --release --bin weir)
