@@ -42,11 +42,6 @@ pub(crate) fn epoch() -> tokio::time::Instant {
     *EPOCH.get_or_init(tokio::time::Instant::now)
 }
 
-/// How long since [`epoch`], by [`clock::now`].
-pub(crate) fn since_epoch() -> std::time::Duration {
-    clock::tokio_now().saturating_duration_since(epoch())
-}
-
 /// A future on the heap, for a rare or long-lived branch of a hot future: an async fn's state is
 /// as large as its largest branch, and every request or connection pays for that size (memory,
 /// and copying it about). A sync function, so the future is built straight into its box: built

@@ -16,9 +16,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines.
+/// Milliseconds since the process started: a cheap monotonic clock for ejection deadlines, read
+/// once per poll of a connection's task ([`crate::clock`]).
 pub fn now_ms() -> u64 {
-    crate::since_epoch().as_millis() as u64 + 1
+    let since = crate::clock::tokio_now().saturating_duration_since(crate::epoch());
+    since.as_millis() as u64 + 1
 }
 
 /// The last active probe, for `/status` and for logging state changes.

@@ -593,15 +593,7 @@ async fn forward(
     pool: &Arc<Pool>,
     done: &mut Done,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let Prepared {
-        head,
-        slot,
-        upgrade,
-        pinned,
-        head_timeout,
-        ..
-    } = p;
-    let (head, slot, pinned, head_timeout) = (&*head, &*slot, *pinned, *head_timeout);
+    let (head, slot, pinned, head_timeout) = (&p.head, &p.slot, p.pinned, p.head_timeout);
     let input = crate::balance::PickInput {
         client_ip: conn.peer.ip(),
         headers: &head.headers,
@@ -612,7 +604,7 @@ async fn forward(
         done.server = Some(server);
         pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
         pool.servers[server].state.requests.fetch_add(1, Relaxed);
-        let driven = pool.h1.as_ref().filter(|_| upgrade.is_none());
+        let driven = pool.h1.as_ref().filter(|_| p.upgrade.is_none());
         let request = || {
             let limit = route.max_body_size;
             build(head, pool, server, slot.as_ref(), limit, driven.is_none())
@@ -631,7 +623,7 @@ async fn forward(
         match attempt.next(outcome, pool, server) {
             attempts::Next::Respond(resp) => {
                 done.retries = attempt.retries();
-                let mut r = respond(resp, route, pool, server, pinned, conn, upgrade.take())?;
+                let mut r = respond(resp, route, pool, server, pinned, conn, p.upgrade.take())?;
                 r.body_mut()
                     .set_idle_timeout(route.stream_idle_timeout, slot.clone());
                 if let Some(l) = lease {
