@@ -3,6 +3,7 @@
 //! and prints the arguments it was given: the profile is added to a release build only when the
 //! compiler, Cargo.lock and Cargo.toml are those its key records, and nothing changes otherwise.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,13 +12,17 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// A scratch tree: the wrapper at `.cargo/rustc-wrapper`, a profile for LLVM 22, a Cargo.lock
 /// and a Cargo.toml, and stand-in compilers under `bin/`.
 struct Tree {
-    root: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Tree {
-    fn new(name: &str) -> Tree {
-        let root = std::env::temp_dir().join(format!("weir-wrapper-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn new() -> Tree {
+        let dir = tempfile::tempdir().expect("scratch tree");
+        let root = dir.path();
         std::fs::create_dir_all(root.join(".cargo/pgo")).expect("scratch tree");
         std::fs::create_dir_all(root.join("bin")).expect("scratch tree");
         let wrapper = root.join(".cargo/rustc-wrapper");
@@ -26,14 +31,14 @@ impl Tree {
         std::fs::write(root.join(".cargo/pgo/llvm-22.profdata"), b"profile").unwrap();
         std::fs::write(root.join("Cargo.lock"), b"lock v1\n").unwrap();
         std::fs::write(root.join("Cargo.toml"), b"[package]\n").unwrap();
-        Tree { root }
+        Tree { dir }
     }
 
     /// A stand-in rustc: `-vV` reports `release`, `commit` and LLVM `llvm`; anything else prints
     /// its arguments, one per line.
     fn rustc(&self, release: &str, commit: &str, llvm: &str) -> PathBuf {
         let path = self
-            .root
+            .root()
             .join(format!("bin/rustc-{release}-{commit}-{llvm}"));
         let script = format!(
             "#!/bin/sh\nif [ \"$1\" = -vV ]; then\n  echo 'rustc {release} (test)'\n  \
@@ -47,7 +52,7 @@ impl Tree {
 
     /// Records the key of `rustc` and this tree beside the profile, as bench/pgo.sh does.
     fn record_key(&self, rustc: &Path) {
-        let out = Command::new(self.root.join(".cargo/rustc-wrapper"))
+        let out = Command::new(self.root().join(".cargo/rustc-wrapper"))
             .arg("--pgo-key")
             .arg(rustc)
             .output()
@@ -57,12 +62,12 @@ impl Tree {
             String::from_utf8_lossy(&out.stdout).contains("commit-hash "),
             "{out:?}"
         );
-        std::fs::write(self.root.join(".cargo/pgo/llvm-22.key"), out.stdout).unwrap();
+        std::fs::write(self.root().join(".cargo/pgo/llvm-22.key"), out.stdout).unwrap();
     }
 
     /// What the wrapper handed `rustc`, given `args` (and `WEIR_PGO`, when set).
     fn wrapped(&self, rustc: &Path, args: &[&str], weir_pgo: Option<&str>) -> Vec<String> {
-        let mut cmd = Command::new(self.root.join(".cargo/rustc-wrapper"));
+        let mut cmd = Command::new(self.root().join(".cargo/rustc-wrapper"));
         cmd.arg(rustc).args(args).env_remove("WEIR_PGO");
         if let Some(v) = weir_pgo {
             cmd.env("WEIR_PGO", v);
@@ -77,20 +82,13 @@ impl Tree {
     }
 
     fn profile_flag(&self) -> String {
-        let profile = self.root.join(".cargo/pgo/llvm-22.profdata");
+        let profile = self.root().join(".cargo/pgo/llvm-22.profdata");
         format!("-Cprofile-use={}", profile.display())
     }
 }
 
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 fn chmod_x(path: &Path) {
-    let ok = Command::new("chmod").arg("+x").arg(path).status();
-    assert!(ok.expect("chmod").success());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
 const RELEASE: [&str; 8] = [
@@ -106,7 +104,7 @@ const RELEASE: [&str; 8] = [
 
 #[test]
 fn a_release_build_with_the_recorded_compiler_and_lock_gets_the_profile() {
-    let tree = Tree::new("match");
+    let tree = Tree::new();
     let rustc = tree.rustc("1.95.0", "abc123", "22.1.2");
     tree.record_key(&rustc);
     let args = tree.wrapped(&rustc, &RELEASE, None);
@@ -133,7 +131,7 @@ fn a_release_build_with_the_recorded_compiler_and_lock_gets_the_profile() {
 
 #[test]
 fn anything_the_key_does_not_record_builds_plain() {
-    let tree = Tree::new("mismatch");
+    let tree = Tree::new();
     let rustc = tree.rustc("1.95.0", "abc123", "22.1.2");
     tree.record_key(&rustc);
     let same_llvm_other_rustc = tree.rustc("1.96.0", "def456", "22.1.8");
@@ -148,7 +146,7 @@ fn anything_the_key_does_not_record_builds_plain() {
         RELEASE,
         "another LLVM"
     );
-    std::fs::write(tree.root.join("Cargo.lock"), b"lock v2\n").unwrap();
+    std::fs::write(tree.root().join("Cargo.lock"), b"lock v2\n").unwrap();
     assert_eq!(
         tree.wrapped(&rustc, &RELEASE, None),
         RELEASE,
@@ -158,7 +156,7 @@ fn anything_the_key_does_not_record_builds_plain() {
 
 #[test]
 fn debug_builds_opt_outs_instrumented_builds_and_queries_pass_through() {
-    let tree = Tree::new("through");
+    let tree = Tree::new();
     let rustc = tree.rustc("1.95.0", "abc123", "22.1.2");
     tree.record_key(&rustc);
     let debug = ["--crate-name", "weir", "-C", "opt-level=0", "src/lib.rs"];
