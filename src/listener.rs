@@ -329,9 +329,12 @@ fn accept_on_each_worker(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receive
 
 async fn accept_loop(sock: TcpListener, ctx: AcceptCtx, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(5);
+    // One wait on the stop flag for the loop's life: made afresh per accept, it registered with
+    // the watch channel and unregistered again (two lock round trips) for every connection.
+    let mut stopped = std::pin::pin!(until_set(&mut stop));
     loop {
         let accepted = tokio::select! {
-            _ = until_set(&mut stop) => break,
+            _ = &mut stopped => break,
             r = sock.accept() => r,
         };
         match accepted {

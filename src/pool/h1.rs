@@ -183,49 +183,55 @@ impl H1 {
     /// The request is made here, at the last moment, rather than passed in: every async fn it
     /// passed through would keep a copy of it (304 bytes) in its future, and each future is
     /// copied whole into its box and about the task on every request.
-    pub async fn send(
-        self: &Arc<Self>,
+    ///
+    /// A plain function returning a block, not an async fn, for the same reason: an async fn keeps
+    /// its arguments twice (as arguments, and as the locals they are moved into).
+    #[allow(clippy::manual_async_fn)]
+    pub fn send<'a>(
+        self: &'a Arc<Self>,
         server: usize,
-        authority: &Authority,
-        request: impl Fn() -> Request<ForwardBody>,
+        authority: &'a Authority,
+        request: impl Fn() -> Request<ForwardBody> + Send + 'a,
         deadline: tokio::time::Instant,
-    ) -> Result<(Response<Incoming>, Lease), SendError> {
-        loop {
-            let (mut conn, timing) = match self.checkout(server).await {
-                Some(c) => (c, None),
-                None => {
-                    let start = Instant::now();
-                    // Boxed, like the unpark below: a socket (with TLS state) and its handshake
-                    // would otherwise take room in every request's future.
-                    let connect = crate::boxed(self.connect(authority));
-                    let c = tokio::time::timeout_at(deadline, connect)
-                        .await
-                        .map_err(|_| SendError::TimedOut)??;
-                    let done_at = Instant::now();
-                    let took = done_at - start;
-                    (c, Some(ConnectTiming { took, done_at }))
-                }
-            };
-            conn.arm(deadline);
-            let mut sending = std::pin::pin!(conn.sender.try_send_request(request()));
-            let Some(sent) = exchange(&mut conn, sending.as_mut()).await else {
-                return Err(SendError::TimedOut);
-            };
-            match sent {
-                Ok(mut resp) => {
-                    if let Some(t) = timing {
-                        resp.extensions_mut().insert(t);
+    ) -> impl Future<Output = Result<(Response<Incoming>, Lease), SendError>> + Send + 'a {
+        async move {
+            loop {
+                let (mut conn, timing) = match self.checkout(server).await {
+                    Some(c) => (c, None),
+                    None => {
+                        let start = Instant::now();
+                        // Boxed, like the unpark below: a socket (with TLS state) and its handshake
+                        // would otherwise take room in every request's future.
+                        let connect = crate::boxed(self.connect(authority));
+                        let c = tokio::time::timeout_at(deadline, connect)
+                            .await
+                            .map_err(|_| SendError::TimedOut)??;
+                        let done_at = Instant::now();
+                        let took = done_at - start;
+                        (c, Some(ConnectTiming { took, done_at }))
                     }
-                    let lease = Lease {
-                        conn: Some(conn),
-                        h1: self.clone(),
-                        server,
-                    };
-                    return Ok((resp, lease));
+                };
+                conn.arm(deadline);
+                let mut sending = std::pin::pin!(conn.sender.try_send_request(request()));
+                let Some(sent) = exchange(&mut conn, sending.as_mut()).await else {
+                    return Err(SendError::TimedOut);
+                };
+                match sent {
+                    Ok(mut resp) => {
+                        if let Some(t) = timing {
+                            resp.extensions_mut().insert(t);
+                        }
+                        let lease = Lease {
+                            conn: Some(conn),
+                            h1: self.clone(),
+                            server,
+                        };
+                        return Ok((resp, lease));
+                    }
+                    // Never written: a pooled connection the server had closed. Another one.
+                    Err(e) if timing.is_none() && e.message().is_some() => {}
+                    Err(e) => return Err(SendError::Request(error_chain(&e.into_error()))),
                 }
-                // Never written: a pooled connection the server had closed. Another one.
-                Err(e) if timing.is_none() && e.message().is_some() => {}
-                Err(e) => return Err(SendError::Request(error_chain(&e.into_error()))),
             }
         }
     }
@@ -542,7 +548,7 @@ mod tests {
     async fn exchange_whole(
         h1: &Arc<H1>,
         authority: &Authority,
-        request: impl Fn() -> Request<ForwardBody>,
+        request: impl Fn() -> Request<ForwardBody> + Send,
     ) -> u16 {
         use http_body_util::BodyExt;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

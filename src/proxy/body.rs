@@ -96,36 +96,44 @@ impl BodySlot {
     }
 }
 
+/// The body of a request to a server. Every variant is a pointer at most: the request it rides in
+/// (304 bytes with the streaming state inline, 240 with it boxed) is moved about ten times on its
+/// way through hyper's client (its dispatch queue, its oneshot, the send future), and at 1,000
+/// connections each slot of that queue it lands in is a cold cache line.
 #[derive(Debug)]
 pub enum ForwardBody {
     Empty,
-    /// A small body weir makes itself (a gRPC health probe).
-    Full(Option<Bytes>),
-    Streaming {
-        slot: Arc<BodySlot>,
-        taken: Option<Incoming>,
-        limit: u64,
-        seen: u64,
-        /// Armed while waiting for the client; allocated on the first wait.
-        stall: Option<Pin<Box<Sleep>>>,
-        waiting: bool,
-    },
+    /// A small body weir makes itself (a gRPC health probe); `Empty` once sent.
+    Full(Box<Bytes>),
+    Streaming(Box<Streaming>),
+}
+
+/// The client's body, streamed to the server as it arrives.
+#[derive(Debug)]
+pub struct Streaming {
+    slot: Arc<BodySlot>,
+    taken: Option<Incoming>,
+    limit: u64,
+    seen: u64,
+    /// Armed while waiting for the client; allocated on the first wait.
+    stall: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl ForwardBody {
     pub fn full(b: impl Into<Bytes>) -> ForwardBody {
-        ForwardBody::Full(Some(b.into()))
+        ForwardBody::Full(Box::new(b.into()))
     }
 
     pub fn streaming(slot: &Arc<BodySlot>, limit: Option<u64>) -> ForwardBody {
-        ForwardBody::Streaming {
+        ForwardBody::Streaming(Box::new(Streaming {
             slot: slot.clone(),
             taken: None,
             limit: limit.unwrap_or(u64::MAX),
             seen: 0,
             stall: None,
             waiting: false,
-        }
+        }))
     }
 }
 
@@ -138,20 +146,46 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        if let ForwardBody::Full(b) = this {
-            return Poll::Ready(b.take().map(|b| Ok(Frame::data(b))));
+        match this {
+            ForwardBody::Empty => Poll::Ready(None),
+            ForwardBody::Full(_) => match std::mem::replace(this, ForwardBody::Empty) {
+                ForwardBody::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
+                _ => Poll::Ready(None),
+            },
+            ForwardBody::Streaming(s) => s.poll_frame(cx),
         }
-        let ForwardBody::Streaming {
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ForwardBody::Empty => true,
+            ForwardBody::Full(_) => false,
+            ForwardBody::Streaming(s) => s.taken.as_ref().is_some_and(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ForwardBody::Empty => SizeHint::with_exact(0),
+            ForwardBody::Full(b) => SizeHint::with_exact(b.len() as u64),
+            ForwardBody::Streaming(s) => s
+                .taken
+                .as_ref()
+                .map_or_else(|| s.slot.hint, |b| b.size_hint()),
+        }
+    }
+}
+
+impl Streaming {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Streaming {
             slot,
             taken,
             limit,
             seen,
             stall,
             waiting,
-        } = this
-        else {
-            return Poll::Ready(None);
-        };
+        } = self;
         if taken.is_none() {
             *taken = slot.body.lock().ok().and_then(|mut b| b.take());
         }
@@ -202,26 +236,6 @@ impl Body for ForwardBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ForwardBody::Empty => true,
-            ForwardBody::Full(b) => b.is_none(),
-            ForwardBody::Streaming { taken, .. } => {
-                taken.as_ref().is_some_and(|b| b.is_end_stream())
-            }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ForwardBody::Empty => SizeHint::with_exact(0),
-            ForwardBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ForwardBody::Streaming { slot, taken, .. } => {
-                taken.as_ref().map_or_else(|| slot.hint, |b| b.size_hint())
-            }
         }
     }
 }
@@ -493,5 +507,17 @@ impl Body for ResponseBody {
             Kind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream(b) => b.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_body_is_a_pointer_wide() {
+        // The request it rides in is moved about ten times per request through hyper's client.
+        assert!(std::mem::size_of::<ForwardBody>() <= 16);
+        assert!(std::mem::size_of::<http::Request<ForwardBody>>() <= 240);
     }
 }

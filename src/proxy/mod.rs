@@ -221,10 +221,10 @@ pub fn handle(
     let mut step = match route(&req, &conn, &rt, &mut done, busy.index) {
         Ok(Routed::Forward(i)) => match prepare(req, &conn, &rt, i, &mut done, busy.index, grpc) {
             Ok(p) => Step::Forward(p),
-            Err(e) => Step::Answer(Err(e)),
+            Err(e) => Step::Answer(Box::new(Err(e))),
         },
-        Ok(Routed::Reply(r)) => Step::Answer(Ok(*r)),
-        Err(e) => Step::Answer(Err(e)),
+        Ok(Routed::Reply(r)) => Step::Answer(Box::new(Ok(*r))),
+        Err(e) => Step::Answer(Box::new(Err(e))),
     };
     async move {
         let served = match step {
@@ -234,16 +234,19 @@ pub fn handle(
                 let pool = &rt.pools[route.pool];
                 forward(p, &conn, route, pool, &mut done).await
             }
-            Step::Answer(r) => r,
+            Step::Answer(r) => *r,
         };
         Ok(answer(served, &conn, done, busy, http1, grpc))
     }
 }
 
 /// What [`handle`] has left to do once the request is routed.
+#[allow(clippy::large_enum_variant)] // the common variant inline: the future holds it anyway
 enum Step {
     Forward(Prepared),
-    Answer(Result<Response<ResponseBody>, ProxyError>),
+    /// Boxed: a response weir makes itself (an error, a redirect) is the rare path, and inline it
+    /// would take 280 bytes in every request's future.
+    Answer(Box<Result<Response<ResponseBody>, ProxyError>>),
 }
 
 /// The response to send the client, from the server's or from weir's own, with what every
@@ -485,7 +488,8 @@ struct Prepared {
     head: Head,
     /// The client's body, when it has one, for the attempts to stream from.
     slot: Option<Arc<BodySlot>>,
-    upgrade: Option<upgrade::Pending>,
+    /// Boxed, as it is rare (a WebSocket handshake): it would take 80 bytes in every request's future.
+    upgrade: Option<Box<upgrade::Pending>>,
     /// The server the client's sticky cookie names, if it is still there.
     pinned: Option<usize>,
     head_timeout: std::time::Duration,
@@ -514,7 +518,7 @@ fn prepare(
             return Err(ProxyError::BodyTooLarge);
         }
     }
-    let upgrade = upgrade::take(&mut parts, route.stream_idle_timeout, &done.shared);
+    let upgrade = upgrade::take(&mut parts, route.stream_idle_timeout, &done.shared).map(Box::new);
     let client_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
             .uri
@@ -586,73 +590,80 @@ fn prepare(
 
 /// Sends a prepared request to the servers its pool picks, trying another one where the retry
 /// policy allows, and turns the first response head into the client's response.
-async fn forward(
-    p: &mut Prepared,
-    conn: &ConnInfo,
-    route: &Route,
-    pool: &Arc<Pool>,
-    done: &mut Done,
-) -> Result<Response<ResponseBody>, ProxyError> {
-    let (head, slot, pinned, head_timeout) = (&p.head, &p.slot, p.pinned, p.head_timeout);
-    let input = crate::balance::PickInput {
-        client_ip: conn.peer.ip(),
-        headers: &head.headers,
-    };
-    let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
-    loop {
-        let server = attempt.pick(pool, &input).await?;
-        done.server = Some(server);
-        pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
-        pool.servers[server].state.requests.fetch_add(1, Relaxed);
-        let driven = pool.h1.as_ref().filter(|_| p.upgrade.is_none());
-        let request = || {
-            let limit = route.max_body_size;
-            build(head, pool, server, slot.as_ref(), limit, driven.is_none())
+///
+/// Like [`handle`], a plain function returning a block: an async fn would keep its arguments twice.
+#[allow(clippy::manual_async_fn)]
+fn forward<'a>(
+    p: &'a mut Prepared,
+    conn: &'a ConnInfo,
+    route: &'a Route,
+    pool: &'a Arc<Pool>,
+    done: &'a mut Done,
+) -> impl std::future::Future<Output = Result<Response<ResponseBody>, ProxyError>> + Send + 'a {
+    async move {
+        let (head, slot, pinned, head_timeout) = (&p.head, &p.slot, p.pinned, p.head_timeout);
+        let input = crate::balance::PickInput {
+            client_ip: conn.peer.ip(),
+            headers: &head.headers,
         };
-        let sent_at = crate::clock::now();
-        let (sent, lease) = send(pool, driven, server, request, head_timeout).await;
-        done.upstream_head = Some(crate::clock::now().saturating_duration_since(sent_at));
-        if let Ok(r) = &sent {
-            done.upstream_connect = r
-                .extensions()
-                .get::<crate::pool::client::ConnectTiming>()
-                .filter(|t| t.done_at >= sent_at)
-                .map(|t| t.took);
-        }
-        let outcome = attempts::classify(sent, slot.as_deref());
-        match attempt.next(outcome, pool, server) {
-            attempts::Next::Respond(resp) => {
-                done.retries = attempt.retries();
-                let mut r = respond(resp, route, pool, server, pinned, conn, p.upgrade.take())?;
-                r.body_mut()
-                    .set_idle_timeout(route.stream_idle_timeout, slot.clone());
-                if let Some(l) = lease {
-                    r.body_mut().drive(l);
-                }
-                return Ok(r);
+        let mut attempt = attempts::Attempts::new(route, pool, &head.method, pinned);
+        loop {
+            let server = attempt.pick(pool, &input).await?;
+            done.server = Some(server);
+            pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
+            pool.servers[server].state.requests.fetch_add(1, Relaxed);
+            let driven = pool.h1.as_ref().filter(|_| p.upgrade.is_none());
+            let request = || {
+                let limit = route.max_body_size;
+                build(head, pool, server, slot.as_ref(), limit, driven.is_none())
+            };
+            let sent_at = crate::clock::now();
+            let (sent, lease) = send(pool, driven, server, request, head_timeout).await;
+            done.upstream_head = Some(crate::clock::now().saturating_duration_since(sent_at));
+            if let Ok(r) = &sent {
+                done.upstream_connect = r
+                    .extensions()
+                    .get::<crate::pool::client::ConnectTiming>()
+                    .filter(|t| t.done_at >= sent_at)
+                    .map(|t| t.took);
             }
-            attempts::Next::Retry => {
-                pool.release(server);
-                done.shared.metrics.retries.inc();
-                done.server = None;
-                done.retries = attempt.retries();
-            }
-            attempts::Next::Fail(e) => {
-                pool.release(server);
-                done.server = None;
-                done.retries = attempt.retries();
-                if let Some(s) = &slot {
-                    if s.too_large.load(Relaxed) {
-                        return Err(ProxyError::BodyTooLarge);
+            let outcome = attempts::classify(sent, slot.as_deref());
+            match attempt.next(outcome, pool, server) {
+                attempts::Next::Respond(resp) => {
+                    done.retries = attempt.retries();
+                    let mut r = respond(resp, route, pool, server, pinned, conn, p.upgrade.take())?;
+                    r.body_mut()
+                        .set_idle_timeout(route.stream_idle_timeout, slot.clone());
+                    if let Some(l) = lease {
+                        r.body_mut().drive(l);
                     }
-                    if s.timed_out.load(Relaxed) {
-                        return Err(ProxyError::BodyTimeout);
-                    }
-                    if s.client_failed.load(Relaxed) {
-                        return Err(ProxyError::BadRequest("malformed or aborted request body"));
-                    }
+                    return Ok(r);
                 }
-                return Err(e);
+                attempts::Next::Retry => {
+                    pool.release(server);
+                    done.shared.metrics.retries.inc();
+                    done.server = None;
+                    done.retries = attempt.retries();
+                }
+                attempts::Next::Fail(e) => {
+                    pool.release(server);
+                    done.server = None;
+                    done.retries = attempt.retries();
+                    if let Some(s) = &slot {
+                        if s.too_large.load(Relaxed) {
+                            return Err(ProxyError::BodyTooLarge);
+                        }
+                        if s.timed_out.load(Relaxed) {
+                            return Err(ProxyError::BodyTimeout);
+                        }
+                        if s.client_failed.load(Relaxed) {
+                            return Err(ProxyError::BadRequest(
+                                "malformed or aborted request body",
+                            ));
+                        }
+                    }
+                    return Err(e);
+                }
             }
         }
     }
@@ -664,29 +675,33 @@ async fn forward(
 /// streams, for the former.
 ///
 /// [`H1::send`]: crate::pool::h1::H1::send
-async fn send(
-    pool: &Pool,
-    driven: Option<&Arc<crate::pool::h1::H1>>,
+#[allow(clippy::manual_async_fn)]
+fn send<'a>(
+    pool: &'a Pool,
+    driven: Option<&'a Arc<crate::pool::h1::H1>>,
     server: usize,
-    request: impl Fn() -> Request<ForwardBody>,
+    request: impl Fn() -> Request<ForwardBody> + Send + 'a,
     head_timeout: std::time::Duration,
-) -> (attempts::Sent, Option<crate::pool::h1::Lease>) {
-    // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
-    let now = crate::clock::tokio_now();
-    let deadline = now
-        .checked_add(head_timeout)
-        .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
-    let Some(h1) = driven else {
-        // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
-        return (
-            crate::boxed(send_shared(pool, request(), deadline)).await,
-            None,
-        );
-    };
-    let authority = &pool.servers[server].authority;
-    match h1.send(server, authority, request, deadline).await {
-        Ok((resp, lease)) => (Ok(resp), Some(lease)),
-        Err(e) => (Err(e), None),
+) -> impl std::future::Future<Output = (attempts::Sent, Option<crate::pool::h1::Lease>)> + Send + 'a
+{
+    async move {
+        // A timeout too large to add (the config takes any duration) means none, as in tokio's own.
+        let now = crate::clock::tokio_now();
+        let deadline = now
+            .checked_add(head_timeout)
+            .unwrap_or_else(|| now + std::time::Duration::from_secs(86_400 * 365 * 30));
+        let Some(h1) = driven else {
+            // Boxed: HTTP/2 and upgrades only, so the common path's future stays small.
+            return (
+                crate::boxed(send_shared(pool, request(), deadline)).await,
+                None,
+            );
+        };
+        let authority = &pool.servers[server].authority;
+        match h1.send(server, authority, request, deadline).await {
+            Ok((resp, lease)) => (Ok(resp), Some(lease)),
+            Err(e) => (Err(e), None),
+        }
     }
 }
 
@@ -749,7 +764,7 @@ fn respond(
     server: usize,
     pinned: Option<usize>,
     conn: &ConnInfo,
-    upgrade: Option<upgrade::Pending>,
+    upgrade: Option<Box<upgrade::Pending>>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = resp.into_parts();
     let mut resp_body = ResponseBody::upstream(body);
