@@ -349,7 +349,10 @@ async fn first_bytes<IO: AsyncRead + Unpin>(c: &mut Client<IO>, deadline: Instan
     let Some(io) = c.io.as_mut() else {
         return Speaks::Nothing;
     };
+    // The read first: a client's first bytes are usually there when its connection is accepted,
+    // and the drain wait is then never set up (registering it costs two lock round trips).
     tokio::select! {
+        biased;
         r = tokio::time::timeout_at(deadline, idle::sniff(io)) => r.unwrap_or(Speaks::Nothing),
         _ = drained(&mut c.shutdown) => Speaks::Nothing,
     }
