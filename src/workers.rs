@@ -72,16 +72,19 @@ pub fn start(n: usize, upkeep: Option<fn()>) -> std::io::Result<()> {
 }
 
 /// How many tasks a worker runs between two looks at its sockets and timers while it has tasks
-/// queued (it always looks when it has none). tokio's default, 61, has a busy worker look in the
-/// middle of serving what its last look found, so a connection ready then waits behind ones that
-/// became ready after it, and with 50 keep-alive connections weir's latency spread wider than
-/// nginx's at the same mean (wrk, pinned, interleaved, 5 rounds: p90 1.10-1.25 ms and p99
-/// 1.43-2.36 ms against nginx's 1.02-1.11 and 1.39-1.49). With 200, 500 or 1,024 it serves what
-/// it found first, as nginx serves an epoll batch: p90 1.00-1.08, p99 1.32-1.51, throughput level
-/// with or above nginx's; no change at 1,000 connections. 1,024 is the most events one look
-/// returns, so a whole batch is served before the next; at ~10 µs a task, timers and new events
-/// wait at most ~10 ms under full load.
-const EVENT_INTERVAL: u32 = 1024;
+/// queued (it always looks when it has none). Measured with wrk, pinned, each value interleaved
+/// with the others and nginx in the same run (2026-12-07):
+/// - tokio's default, 61, looks in the middle of a round of 50 keep-alive connections, and weir's
+///   latency spread wider than nginx's at the same mean: p90 1.14-1.35 ms and p99 1.47-2.13 ms
+///   against nginx's 1.02-1.13 and 1.37-1.53 (three rounds);
+/// - 128 or more serves such a round whole: p90 1.05-1.21, p99 1.55-1.68 at 128; 1.04-1.23 and
+///   1.37-1.75 at 200;
+/// - but at 1,000 connections a long run between looks puts a connection's request and its
+///   response ~1,000 tasks apart, so its state is out of the cache by the time the response is
+///   read: 1,024 cost 8% of the throughput there (two sets of three rounds), 256 about as much in
+///   two of three rounds, 128 nothing measurable (35.8k, 36.4k, 29.6k req/s against 35.1k, 37.2k,
+///   32.5k at 61).
+const EVENT_INTERVAL: u32 = 128;
 
 /// A worker's single-threaded runtime (the main thread's too), with the upkeep task in it.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
