@@ -146,13 +146,12 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match this {
-            ForwardBody::Empty => Poll::Ready(None),
-            ForwardBody::Full(_) => match std::mem::replace(this, ForwardBody::Empty) {
-                ForwardBody::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
-                _ => Poll::Ready(None),
-            },
-            ForwardBody::Streaming(s) => s.poll_frame(cx),
+        if let ForwardBody::Streaming(s) = this {
+            return s.poll_frame(cx);
+        }
+        match std::mem::replace(this, ForwardBody::Empty) {
+            ForwardBody::Full(b) => Poll::Ready(Some(Ok(Frame::data(*b)))),
+            _ => Poll::Ready(None),
         }
     }
 
