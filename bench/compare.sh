@@ -564,10 +564,21 @@ if reset_hwm "$UPSTREAM_PID"; then HWM_RESET=1; else
   warn "cannot reset VmHWM (/proc/PID/clear_refs): peak RSS is since process start"
 fi
 
-# warm-up: a few seconds of keep-alive load through each proxy, not recorded
+# warm_up PROXY SECONDS: keep-alive load at both scenario concurrencies, not recorded, so
+# that no run pays for a process's (or the shared upstream's) first 1,000 connections: the
+# first proxy measured at ka-c$HI_CONNS in a round would otherwise pay for the upstream's
+warm_up() {
+  local c
+  for c in "$CONNS" "$HI_CONNS"; do
+    "${ON_LOADGEN[@]}" timeout -k 5 30 wrk -t"$WRK_THREADS" -c"$c" -d"$2"s \
+      "http://127.0.0.1:$(port_of "$1")/" >/dev/null 2>&1 || true
+  done
+}
+
+# warm-up: a few seconds of keep-alive load through each proxy and straight at the upstream
 for p in $PROXIES; do
   [[ -n ${PROXY_DOWN[$p]:-} ]] && continue
-  "${ON_LOADGEN[@]}" timeout -k 5 30 wrk -t"$WRK_THREADS" -c"$CONNS" -d2s "http://127.0.0.1:$(port_of "$p")/" >/dev/null 2>&1 || true
+  warm_up "$p" 2
 done
 
 # ------------------------------------------------------------------------------------------
@@ -593,14 +604,13 @@ record_failed() { # record_failed ROUND SCENARIO PROXY NOTE
 }
 kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<" $2" | head -1; }
 
-# restart_proxy NAME: stop it, start it again, warm it up for a second (not recorded)
+# restart_proxy NAME: stop it, start it again, warm it up (not recorded)
 restart_proxy() {
   local p=$1
   stop_pid "${PROXY_PID[$p]}"
   forget_pid "${PROXY_PID[$p]}"
   start_proxy "$p" || return 1
-  "${ON_LOADGEN[@]}" timeout -k 5 30 wrk -t"$WRK_THREADS" -c"$CONNS" -d1s \
-    "http://127.0.0.1:$(port_of "$p")/" >/dev/null 2>&1 || true
+  warm_up "$p" 1
   sleep 1
 }
 
