@@ -333,9 +333,13 @@ async fn accept_loop(sock: TcpListener, ctx: AcceptCtx, mut stop: watch::Receive
     // the watch channel and unregistered again (two lock round trips) for every connection.
     let mut stopped = std::pin::pin!(until_set(&mut stop));
     loop {
+        // Accept first: under load `accept` is ready again at once, and the stop flag is then
+        // looked at only when the queue is empty (or tokio's budget makes `accept` yield), not
+        // once per connection.
         let accepted = tokio::select! {
-            _ = &mut stopped => break,
+            biased;
             r = sock.accept() => r,
+            _ = &mut stopped => break,
         };
         match accepted {
             Ok((tcp, peer)) => {
