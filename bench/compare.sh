@@ -564,12 +564,13 @@ if reset_hwm "$UPSTREAM_PID"; then HWM_RESET=1; else
   warn "cannot reset VmHWM (/proc/PID/clear_refs): peak RSS is since process start"
 fi
 
-# warm_up PROXY SECONDS: keep-alive load at both scenario concurrencies, not recorded, so
-# that no run pays for a process's (or the shared upstream's) first 1,000 connections: the
-# first proxy measured at ka-c$HI_CONNS in a round would otherwise pay for the upstream's
+# warm_up PROXY SECONDS [CONCURRENCIES]: keep-alive load, not recorded, by default at both
+# scenario concurrencies, so that no run pays for a process's (or the shared upstream's) first
+# 1,000 connections: the first proxy measured at ka-c$HI_CONNS in a round would otherwise pay
+# for the upstream's
 warm_up() {
   local c
-  for c in "$CONNS" "$HI_CONNS"; do
+  for c in ${3:-$CONNS $HI_CONNS}; do
     "${ON_LOADGEN[@]}" timeout -k 5 30 wrk -t"$WRK_THREADS" -c"$c" -d"$2"s \
       "http://127.0.0.1:$(port_of "$1")/" >/dev/null 2>&1 || true
   done
@@ -604,13 +605,13 @@ record_failed() { # record_failed ROUND SCENARIO PROXY NOTE
 }
 kv() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<" $2" | head -1; }
 
-# restart_proxy NAME: stop it, start it again, warm it up (not recorded)
+# restart_proxy NAME [CONCURRENCIES]: stop it, start it again, warm it up (not recorded)
 restart_proxy() {
   local p=$1
   stop_pid "${PROXY_PID[$p]}"
   forget_pid "${PROXY_PID[$p]}"
   start_proxy "$p" || return 1
-  warm_up "$p" 1
+  warm_up "$p" 1 "${2:-}"
   sleep 1
 }
 
@@ -665,7 +666,10 @@ run_load() {
     if [[ $p != ceiling ]]; then
       # a fresh process, so "before" is not inflated by what earlier scenarios left in the
       # allocator (the upstream is shared by all and is not restarted)
-      if ! restart_proxy "$p"; then
+      # warmed at $CONNS only: memory a 1,000-connection warm-up leaves in nginx's and
+      # HAProxy's heaps (which keep what they free) would hold the idle connections, and their
+      # RSS would not grow with them (0 bytes per connection measured for nginx)
+      if ! restart_proxy "$p" "$CONNS"; then
         record_failed "$round" "$sc" "$p" "restart before the idle test failed: ${PROXY_DOWN[$p]}"
         return
       fi
