@@ -4,8 +4,10 @@
   aggregate.py RAW.csv OUT.csv OUT.md [--meta "key: value"]...
 
 OUT.csv has one row per (scenario, proxy) with <metric>_median, <metric>_min, <metric>_max.
-OUT.md has one table per scenario and a table of ratios (weir/nginx, weir/haproxy,
-weir/ceiling) computed from the medians.  Standard library only.
+OUT.md has one table per scenario, a table of ratios (weir/nginx, weir/haproxy,
+weir/ceiling) computed from the medians, and a table of paired ratios: each round's
+weir/other ratio (the runs of one round are minutes apart), their median, and in how many
+rounds weir came out ahead.  Standard library only.
 """
 
 import csv
@@ -70,8 +72,11 @@ def main():
     scenarios = []
     groups = {}
     notes = {}
+    by_round = {}  # (scenario, proxy) -> {round: row} for ok runs
     for r in rows:
         key = (r["scenario"], r["proxy"])
+        if r["status"] == "ok":
+            by_round.setdefault(key, {})[r["round"]] = r
         if r["scenario"] not in scenarios:
             scenarios.append(r["scenario"])
         g = groups.setdefault(key, {"ok": 0, "failed": 0, "vals": {m: [] for m in ALL_METRICS}})
@@ -199,9 +204,54 @@ def main():
                      ratio(sc, "peak_rss_kib", "nginx"), "–"]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    out.extend(paired_table(scenarios, by_round))
 
     with open(out_md, "w") as f:
         f.write("\n".join(out))
+
+
+# (metric, other proxy, column label, whether lower is better for weir)
+PAIRED = [
+    ("rps", "nginx", "req/s weir/nginx", False),
+    ("rps", "haproxy", "req/s weir/haproxy", False),
+    ("rps_per_cpu_s", "nginx", "req per CPU-s weir/nginx", False),
+    ("rps_per_cpu_s", "haproxy", "req per CPU-s weir/haproxy", False),
+    ("p99_ms", "nginx", "p99 weir/nginx", True),
+    ("p99_ms", "haproxy", "p99 weir/haproxy", True),
+]
+
+
+def paired_table(scenarios, by_round):
+    """Per-round ratios: the machine's speed drifts between rounds (all proxies faster in one
+    round than in another), and a ratio of medians can pair one proxy's fast round with
+    another's slow one; the runs of one round are minutes apart, so their ratio does not."""
+    out = ["## Paired ratios (per round)\n",
+           "Each cell: the median over the rounds of that round's weir/other ratio, then in how "
+           "many rounds weir was ahead (higher throughput, lower p99) out of the rounds both "
+           "completed.\n"]
+    cols = ["scenario"] + [label for _, _, label, _ in PAIRED]
+    out.append("| " + " | ".join(cols) + " |")
+    out.append("|" + "|".join(["---"] * len(cols)) + "|")
+    for sc in scenarios:
+        if sc.startswith("idle"):
+            continue
+        cells = [sc]
+        for m, other, _label, lower_better in PAIRED:
+            weir = by_round.get((sc, "weir"), {})
+            them = by_round.get((sc, other), {})
+            ratios = []
+            for rnd, wr in weir.items():
+                a, b = num(wr.get(m)), num(them.get(rnd, {}).get(m))
+                if a is not None and b:
+                    ratios.append(a / b)
+            if not ratios:
+                cells.append("–")
+                continue
+            ahead = sum(1 for x in ratios if (x < 1 if lower_better else x > 1))
+            cells.append(f"{statistics.median(ratios):.2f} ({ahead}/{len(ratios)})")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
