@@ -816,6 +816,7 @@ python3 "$BENCH_DIR/aggregate.py" "$RAW" "$RESULTS_DIR/latest.csv" "$RESULTS_DIR
   --meta "date: $(date -u '+%Y-%m-%d %H:%M UTC')" \
   --meta "command: \`$cmd\`" \
   --meta "machine: $(nproc) CPUs, $cpu_model, kernel $(uname -r)" \
+  --meta "source: $(git -C "$BENCH_DIR/.." describe --always --dirty 2>/dev/null || echo unknown) (git describe of the tree weir was built from)" \
   --meta "versions: $WEIR_VERSION; $(nginx -v 2>&1 | sed 's/^nginx version: //'); $(haproxy -v | head -1 | awk '{print "HAProxy " $3}'); $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'); $(h2load --version | head -1)" \
   --meta "workers: $WORKERS per proxy (nginx worker_processes, HAProxy nbthread, weir --workers (WEIR_WORKERS)); upstream: nginx, 1 worker" \
   --meta "pinning: $pin_desc" \
