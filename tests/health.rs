@@ -1055,8 +1055,16 @@ async fn a_down_server_is_probed_at_unhealthy_interval() {
 async fn keep_alive_race_is_retried_on_a_fresh_connection_for_gets_only() {
     let server = KeepAliveCloser::start().await;
     let servers = format!("      - address: \"{}\"\n", server.addr);
-    // One server and no retries: only the keep-alive race retry can save a request.
-    let weir = Weir::start(&config("round_robin", "", &servers, "", false)).await;
+    // One server and no retries: only the keep-alive race retry can save a request. One worker:
+    // idle upstream connections are kept per worker, and the test's pooled client sometimes
+    // opens a second connection (when its first is not back in its pool yet), which weir then
+    // serves on the other worker, where no idle upstream connection waits for the POST.
+    let weir = Weir::start_args(
+        &config("round_robin", "", &servers, "", false),
+        &["web"],
+        &["--workers", "1"],
+    )
+    .await;
     for i in 0..10 {
         let r = weir.get(HOST, &format!("/get/{i}")).await;
         assert_eq!(
