@@ -282,27 +282,78 @@ impl ConnState {
 
 /// The client's socket, below TLS, reporting whether each write made progress: the one place that
 /// sees a full socket whatever TLS or hyper buffer above it.
-pub struct SendWatch<IO> {
+///
+/// It also spares a connection that lives for one response two system calls that nginx does not
+/// make either (`Connection: close` is one request per connection, so they are a tenth of its
+/// calls):
+/// - `TCP_NODELAY` is set before the connection's second write, not at accept. Nagle holds a write
+///   back only while an earlier small one is unacknowledged, and before the first write nothing is.
+/// - `shutdown(SHUT_WR)` is skipped when hyper ends the connection: the `close` that follows at once
+///   sends the same FIN. An upgraded (WebSocket) connection and the framing tap's own reply still
+///   get it, since there the half-close is the point.
+pub struct SendWatch<IO = tokio::net::TcpStream> {
     io: IO,
     state: Arc<ConnState>,
+    writes: Writes,
 }
 
-impl<IO> SendWatch<IO> {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writes {
+    None,
+    One,
+    /// `TCP_NODELAY` is on.
+    NoDelay,
+}
+
+/// A socket whose Nagle algorithm can be switched off.
+pub trait NoDelay {
+    fn set_nodelay(&self) -> io::Result<()>;
+}
+
+impl NoDelay for tokio::net::TcpStream {
+    fn set_nodelay(&self) -> io::Result<()> {
+        tokio::net::TcpStream::set_nodelay(self, true)
+    }
+}
+
+impl<IO: NoDelay> SendWatch<IO> {
     pub fn new(io: IO, state: Arc<ConnState>) -> Self {
-        SendWatch { io, state }
+        SendWatch {
+            io,
+            state,
+            writes: Writes::None,
+        }
     }
 
     pub fn get_ref(&self) -> &IO {
         &self.io
     }
 
-    fn seen(&self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+    fn before_write(&mut self) {
+        if self.writes == Writes::One {
+            // A failure leaves Nagle on, which only delays: not worth failing the write for.
+            let _ = self.io.set_nodelay();
+            self.writes = Writes::NoDelay;
+        }
+    }
+
+    fn seen(&mut self, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match &r {
-            Poll::Ready(Ok(n)) if *n > 0 => self.state.on_write(true),
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                if self.writes == Writes::None {
+                    self.writes = Writes::One;
+                }
+                self.state.on_write(true)
+            }
             Poll::Pending => self.state.on_write(false),
             _ => {}
         }
         r
+    }
+
+    /// Whether ending the connection needs its own `shutdown` rather than the FIN of `close`.
+    fn half_close_matters(&self) -> bool {
+        self.state.upgraded.load(Relaxed) || self.state.reply().is_some()
     }
 }
 
@@ -316,12 +367,13 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SendWatch<IO> {
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for SendWatch<IO> {
+impl<IO: AsyncWrite + NoDelay + Unpin> AsyncWrite for SendWatch<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let r = Pin::new(&mut self.io).poll_write(cx, data);
         self.seen(r)
     }
@@ -331,6 +383,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SendWatch<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.before_write();
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.seen(r)
     }
@@ -344,6 +397,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for SendWatch<IO> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.half_close_matters() {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
@@ -360,5 +416,64 @@ mod tests {
         s.on_write(true);
         assert!(s.answer(b"x".to_vec().into()));
         assert_eq!(s.reply(), Some(&b"x"[..]));
+    }
+
+    /// A loopback pair: weir's end wrapped in a [`SendWatch`], and the peer's.
+    async fn pair() -> (SendWatch, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpStream::connect(l.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, l.accept());
+        let ours = SendWatch::new(accepted.unwrap().0, Arc::new(ConnState::default()));
+        (ours, peer.unwrap())
+    }
+
+    /// What the peer sees within a moment: `Some(0)` is the FIN, `None` nothing yet.
+    async fn peer_reads(peer: &mut tokio::net::TcpStream) -> Option<usize> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 64];
+        let read = peer.read(&mut buf);
+        tokio::time::timeout(Duration::from_millis(200), read)
+            .await
+            .ok()
+            .map(|r| r.unwrap())
+    }
+
+    #[tokio::test]
+    async fn nagle_goes_off_before_the_second_write_not_at_accept() {
+        use tokio::io::AsyncWriteExt;
+        let (mut ours, _peer) = pair().await;
+        assert!(!ours.get_ref().nodelay().unwrap());
+        ours.write_all(b"first").await.unwrap();
+        assert!(!ours.get_ref().nodelay().unwrap());
+        ours.write_all(b"second").await.unwrap();
+        assert!(ours.get_ref().nodelay().unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_http_connection_ends_with_the_fin_of_close_not_a_shutdown() {
+        use tokio::io::AsyncWriteExt;
+        let (mut ours, mut peer) = pair().await;
+        ours.write_all(b"response").await.unwrap();
+        ours.shutdown().await.unwrap();
+        assert_eq!(peer_reads(&mut peer).await, Some(8));
+        assert_eq!(peer_reads(&mut peer).await, None, "no FIN before close");
+        drop(ours);
+        assert_eq!(peer_reads(&mut peer).await, Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_upgraded_connection_half_closes_on_shutdown() {
+        use tokio::io::AsyncWriteExt;
+        let (mut ours, mut peer) = pair().await;
+        ours.state.upgraded.store(true, Relaxed);
+        ours.shutdown().await.unwrap();
+        assert_eq!(peer_reads(&mut peer).await, Some(0));
+        // Half-closed, not closed: the peer can still send.
+        peer.write_all(b"more").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut ours, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"more");
     }
 }

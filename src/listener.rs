@@ -378,7 +378,7 @@ fn admit(tcp: tokio::net::TcpStream, peer: SocketAddr, ctx: &AcceptCtx) {
             }
         },
     };
-    let _ = tcp.set_nodelay(true);
+    // TCP_NODELAY is set before the connection's second write (`conn::SendWatch`).
     ctx.series.total.inc();
     let gauge = ctx.series.open.clone();
     ctx.open.fetch_add(1, Relaxed);
