@@ -214,7 +214,7 @@ impl Listeners {
             open: Arc::new(AtomicUsize::new(0)),
             per_ip: Arc::new(PerIp::default()),
         };
-        accept_on_each_worker(sock, ctx, stopped);
+        accept_on_acceptors(sock, ctx, stopped);
         self.running.insert(
             l.name.clone(),
             Running {
@@ -303,9 +303,9 @@ impl Drop for IpSlot {
     }
 }
 
-/// One accept loop per worker, each on its own duplicate of the listening socket, registered
-/// with that worker's event loop (see [`crate::workers`]).
-fn accept_on_each_worker(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receiver<bool>) {
+/// One accept loop per accepting worker, each on its own duplicate of the listening socket,
+/// registered with that worker's event loop (see [`crate::workers::spawn_on_acceptors`]).
+fn accept_on_acceptors(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receiver<bool>) {
     let sock = match sock.into_std() {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -313,7 +313,7 @@ fn accept_on_each_worker(sock: TcpListener, ctx: AcceptCtx, stop: watch::Receive
             return;
         }
     };
-    crate::workers::spawn_on_each(move || {
+    crate::workers::spawn_on_acceptors(move || {
         let dup = sock.try_clone().and_then(TcpListener::from_std);
         let (ctx, stop) = (ctx.clone(), stop.clone());
         async move {

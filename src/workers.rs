@@ -5,9 +5,9 @@
 //! lines between cores. A proxy connection has no reason to move: its client socket, its upstream
 //! socket and its timers all belong to one request loop. So weir runs `N` single-threaded runtimes
 //! instead: the main thread's (which also runs reload, health checks and the admin API) and `N-1`
-//! worker threads. Every listener accepts on every worker (each polls a duplicate of the listening
-//! socket), and hands each connection it accepts to the worker serving the fewest connections
-//! ([`pick`]; itself on a tie), where it is served to its end. Left to the kernel, the worker
+//! worker threads. One worker in four accepts on each listener (each such worker polls a duplicate of
+//! the listening socket; see [`ACCEPT_EVERY`]), and hands each connection it accepts to the worker
+//! serving the fewest connections ([`pick`]; itself on a tie), where it is served to its end. Left to the kernel, the worker
 //! that wakes first takes a whole burst of connections, and the other stays idle. Measured on 2
 //! cores (wrk -t2 -c50, keep-alive, nothing pinned), two workers this way served ~44k requests/s
 //! against ~37k for tokio's work-stealing runtime with two threads; two separate one-worker
@@ -116,18 +116,41 @@ pub fn index() -> usize {
     INDEX.with(Cell::get)
 }
 
-/// Runs `make()`'s future on the current runtime and on every other worker's, each built on the
-/// thread that runs it (so what it registers, sockets and timers, belongs to that worker).
-pub fn spawn_on_each<F, Fut>(make: F)
+/// How many workers share one accepting worker.
+///
+/// A listening socket polled by several event loops wakes all of them for each new connection
+/// (tokio cannot register it `EPOLLEXCLUSIVE`, as nginx does), and all but one find nothing to
+/// accept. Measured with two workers (wrk -t2 -c50 `Connection: close`, nothing pinned, three
+/// interleaved rounds): both accepting, 34.0-36.5k req/s at 23.1-24.7 µs of weir's CPU per
+/// request; worker 1 alone accepting, 34.8-37.3k at 20.7-22.3 µs; worker 0 alone, 37.4-39.4k at
+/// 21.9-23.1 µs (and 34.0-37.6k against 32.5-33.9k for both in six earlier pairs), with
+/// keep-alive unchanged (87.8k and 88.6k against 87.6k and 88.0k). The handing on is the same
+/// either way ([`pick`]). With many workers one acceptor would become the bottleneck, hence one
+/// per four.
+const ACCEPT_EVERY: usize = 4;
+
+/// Whether worker `i` accepts connections: worker 0, 4, 8…
+fn accepts(i: usize) -> bool {
+    i % ACCEPT_EVERY == 0
+}
+
+/// Runs `make()`'s future on each worker that accepts connections ([`ACCEPT_EVERY`]), built on the
+/// thread that runs it (so what it registers, sockets and timers, belongs to that worker). Called
+/// on the main thread.
+pub fn spawn_on_acceptors<F, Fut>(make: F)
 where
     F: Fn() -> Fut + Send + Clone + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    for h in EXTRA.get().into_iter().flatten() {
-        let make = make.clone();
-        h.spawn(async move { make().await });
+    for (i, h) in EXTRA.get().into_iter().flatten().enumerate() {
+        if accepts(i + 1) {
+            let make = make.clone();
+            h.spawn(async move { make().await });
+        }
     }
-    tokio::spawn(make());
+    if accepts(0) {
+        tokio::spawn(make());
+    }
 }
 
 /// The worker that should serve the next connection: the one serving the fewest, the calling
@@ -213,7 +236,17 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::least_loaded;
+    use super::{accepts, least_loaded};
+
+    #[test]
+    fn one_worker_in_four_accepts() {
+        let acceptors = |n| (0..n).filter(|&i| accepts(i)).collect::<Vec<_>>();
+        assert_eq!(acceptors(1), [0]);
+        assert_eq!(acceptors(2), [0]);
+        assert_eq!(acceptors(4), [0]);
+        assert_eq!(acceptors(5), [0, 4]);
+        assert_eq!(acceptors(16), [0, 4, 8, 12]);
+    }
 
     #[test]
     fn the_least_loaded_worker_is_picked_and_the_caller_wins_ties() {
