@@ -418,6 +418,10 @@ mod tests {
         assert_eq!(s.reply(), Some(&b"x"[..]));
     }
 
+    /// How long a test waits for bytes that are surely coming (a loopback write is delivered at
+    /// once; this only bounds a stuck test).
+    const LONG: Duration = Duration::from_secs(5);
+
     /// A loopback pair: weir's end wrapped in a [`SendWatch`], and the peer's.
     async fn pair() -> (SendWatch, tokio::net::TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -427,12 +431,12 @@ mod tests {
         (ours, peer.unwrap())
     }
 
-    /// What the peer sees within a moment: `Some(0)` is the FIN, `None` nothing yet.
-    async fn peer_reads(peer: &mut tokio::net::TcpStream) -> Option<usize> {
+    /// What the peer sees within `wait`: `Some(0)` is the FIN, `None` nothing yet.
+    async fn peer_reads(peer: &mut tokio::net::TcpStream, wait: Duration) -> Option<usize> {
         use tokio::io::AsyncReadExt;
         let mut buf = [0u8; 64];
         let read = peer.read(&mut buf);
-        tokio::time::timeout(Duration::from_millis(200), read)
+        tokio::time::timeout(wait, read)
             .await
             .ok()
             .map(|r| r.unwrap())
@@ -455,10 +459,15 @@ mod tests {
         let (mut ours, mut peer) = pair().await;
         ours.write_all(b"response").await.unwrap();
         ours.shutdown().await.unwrap();
-        assert_eq!(peer_reads(&mut peer).await, Some(8));
-        assert_eq!(peer_reads(&mut peer).await, None, "no FIN before close");
+        assert_eq!(peer_reads(&mut peer, LONG).await, Some(8));
+        let short = Duration::from_millis(200);
+        assert_eq!(
+            peer_reads(&mut peer, short).await,
+            None,
+            "no FIN before close"
+        );
         drop(ours);
-        assert_eq!(peer_reads(&mut peer).await, Some(0));
+        assert_eq!(peer_reads(&mut peer, LONG).await, Some(0));
     }
 
     #[tokio::test]
@@ -467,7 +476,7 @@ mod tests {
         let (mut ours, mut peer) = pair().await;
         ours.state.upgraded.store(true, Relaxed);
         ours.shutdown().await.unwrap();
-        assert_eq!(peer_reads(&mut peer).await, Some(0));
+        assert_eq!(peer_reads(&mut peer, LONG).await, Some(0));
         // Half-closed, not closed: the peer can still send.
         peer.write_all(b"more").await.unwrap();
         let mut buf = [0u8; 4];
