@@ -27,6 +27,7 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 mod gate;
@@ -288,11 +289,11 @@ impl ConnState {
 /// calls):
 /// - `TCP_NODELAY` is set before the connection's second write, not at accept. Nagle holds a write
 ///   back only while an earlier small one is unacknowledged, and before the first write nothing is.
-/// - `shutdown(SHUT_WR)` is skipped when hyper ends the connection: the `close` that follows at once
-///   sends the same FIN. An upgraded (WebSocket) connection and the framing tap's own reply still
-///   get it, since there the half-close is the point.
-pub struct SendWatch<IO = tokio::net::TcpStream> {
-    io: IO,
+/// - `shutdown(SHUT_WR)` is skipped when hyper ends the connection: the `close` that follows at
+///   once sends the same FIN. An upgraded (WebSocket) connection and the framing tap's own reply
+///   still get it, since there the half-close is the point.
+pub struct SendWatch {
+    io: TcpStream,
     state: Arc<ConnState>,
     writes: Writes,
 }
@@ -305,19 +306,8 @@ enum Writes {
     NoDelay,
 }
 
-/// A socket whose Nagle algorithm can be switched off.
-pub trait NoDelay {
-    fn set_nodelay(&self) -> io::Result<()>;
-}
-
-impl NoDelay for tokio::net::TcpStream {
-    fn set_nodelay(&self) -> io::Result<()> {
-        tokio::net::TcpStream::set_nodelay(self, true)
-    }
-}
-
-impl<IO: NoDelay> SendWatch<IO> {
-    pub fn new(io: IO, state: Arc<ConnState>) -> Self {
+impl SendWatch {
+    pub fn new(io: TcpStream, state: Arc<ConnState>) -> Self {
         SendWatch {
             io,
             state,
@@ -325,14 +315,14 @@ impl<IO: NoDelay> SendWatch<IO> {
         }
     }
 
-    pub fn get_ref(&self) -> &IO {
+    pub fn get_ref(&self) -> &TcpStream {
         &self.io
     }
 
     fn before_write(&mut self) {
         if self.writes == Writes::One {
             // A failure leaves Nagle on, which only delays: not worth failing the write for.
-            let _ = self.io.set_nodelay();
+            let _ = self.io.set_nodelay(true);
             self.writes = Writes::NoDelay;
         }
     }
@@ -357,7 +347,7 @@ impl<IO: NoDelay> SendWatch<IO> {
     }
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for SendWatch<IO> {
+impl AsyncRead for SendWatch {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -367,7 +357,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for SendWatch<IO> {
     }
 }
 
-impl<IO: AsyncWrite + NoDelay + Unpin> AsyncWrite for SendWatch<IO> {
+impl AsyncWrite for SendWatch {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -170,13 +170,13 @@ impl<IO> Client<IO> {
 
 /// A connection as accepted.
 enum Accepted {
-    Plain(Box<Client<Tap<SendWatch<TcpStream>>>>),
+    Plain(Box<Client<Tap<SendWatch>>>),
     Tls(Box<Tls>),
 }
 
 /// A TCP connection on a TLS listener, before its handshake.
 struct Tls {
-    tcp: SendWatch<TcpStream>,
+    tcp: SendWatch,
     parts: Parts,
 }
 
@@ -286,12 +286,12 @@ async fn serve_tls(t: Box<Tls>) {
 /// The TLS handshake, bounded by the listener's `handshake_timeout` so a silent client cannot hold a
 /// socket; counted by outcome.
 async fn handshake(
-    tcp: SendWatch<TcpStream>,
+    tcp: SendWatch,
     peer: SocketAddr,
     listener: &ListenerRuntime,
     tls: &crate::tls::ServerTls,
     shared: &Shared,
-) -> Option<tokio_rustls::server::TlsStream<SendWatch<TcpStream>>> {
+) -> Option<tokio_rustls::server::TlsStream<SendWatch>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
     let timeout = listener
         .config

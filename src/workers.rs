@@ -5,13 +5,14 @@
 //! lines between cores. A proxy connection has no reason to move: its client socket, its upstream
 //! socket and its timers all belong to one request loop. So weir runs `N` single-threaded runtimes
 //! instead: the main thread's (which also runs reload, health checks and the admin API) and `N-1`
-//! worker threads. One worker in four accepts on each listener (each such worker polls a duplicate of
-//! the listening socket; see [`ACCEPT_EVERY`]), and hands each connection it accepts to the worker
-//! serving the fewest connections ([`pick`]; itself on a tie), where it is served to its end. Left to the kernel, the worker
-//! that wakes first takes a whole burst of connections, and the other stays idle. Measured on 2
-//! cores (wrk -t2 -c50, keep-alive, nothing pinned), two workers this way served ~44k requests/s
-//! against ~37k for tokio's work-stealing runtime with two threads; two separate one-worker
-//! processes did ~47k (the rest is what the workers share: counters, the balancer, pool locks).
+//! worker threads. One worker in four accepts on each listener (each such worker polls a duplicate
+//! of the listening socket; see [`ACCEPT_EVERY`]), and hands each connection it accepts to the
+//! worker serving the fewest connections ([`pick`]; itself on a tie), where it is served to its
+//! end. Left to the kernel, the worker that wakes first takes a whole burst of connections, and the
+//! other stays idle. Measured on 2 cores (wrk -t2 -c50, keep-alive, nothing pinned), two workers
+//! this way served ~44k requests/s against ~37k for tokio's work-stealing runtime with two threads;
+//! two separate one-worker processes did ~47k (the rest is what the workers share: counters, the
+//! balancer, pool locks).
 //!
 //! Upstream connections are per worker too ([`index`]): HTTP/1.1 idle lists, and hyper-util's
 //! client (HTTP/2 upstreams, upgrades), so a request never waits on a socket or a connection task
@@ -121,12 +122,10 @@ pub fn index() -> usize {
 /// A listening socket polled by several event loops wakes all of them for each new connection
 /// (tokio cannot register it `EPOLLEXCLUSIVE`, as nginx does), and all but one find nothing to
 /// accept. Measured with two workers (wrk -t2 -c50 `Connection: close`, nothing pinned, three
-/// interleaved rounds): both accepting, 34.0-36.5k req/s at 23.1-24.7 µs of weir's CPU per
-/// request; worker 1 alone accepting, 34.8-37.3k at 20.7-22.3 µs; worker 0 alone, 37.4-39.4k at
-/// 21.9-23.1 µs (and 34.0-37.6k against 32.5-33.9k for both in six earlier pairs), with
-/// keep-alive unchanged (87.8k and 88.6k against 87.6k and 88.0k). The handing on is the same
-/// either way ([`pick`]). With many workers one acceptor would become the bottleneck, hence one
-/// per four.
+/// interleaved rounds): worker 0 alone accepting served 36.6-37.2k req/s at 23.0-23.2 µs of
+/// weir's CPU per request, both accepting 34.1-35.4k at 24.0-24.5 µs (worker 1 alone was between
+/// the two in a three-way run); keep-alive was unchanged. The handing on is the same either way
+/// ([`pick`]). With many workers one acceptor would become the bottleneck, hence one per four.
 const ACCEPT_EVERY: usize = 4;
 
 /// Whether worker `i` accepts connections: worker 0, 4, 8…

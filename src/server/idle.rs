@@ -23,7 +23,7 @@ pub trait Socket {
     fn tcp(&self) -> &TcpStream;
 }
 
-impl Socket for crate::conn::SendWatch<TcpStream> {
+impl Socket for crate::conn::SendWatch {
     fn tcp(&self) -> &TcpStream {
         self.get_ref()
     }
