@@ -233,6 +233,44 @@ async fn malformed_request_is_400_and_closed() {
     assert_eq!(backend.requests(), 0);
 }
 
+/// A reverse proxy is not a tunnel: `CONNECT` gets 405 and a closed connection, in either target
+/// form and over HTTP/2 (without RFC 8441's `:protocol`, the WebSocket case `websocket_h2` covers),
+/// and nothing reaches a server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_405_and_reaches_no_server() {
+    let (backend, weir) = one_backend().await;
+    for request in [
+        &b"CONNECT internal.example:443 HTTP/1.1\r\nHost: internal.example:443\r\n\r\n"[..],
+        &b"CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n"[..],
+    ] {
+        let resp = raw_request(weir.addr(), request.to_vec(), true).await;
+        assert_eq!(resp.status, 405, "raw response: {:?}", resp.raw);
+        assert_eq!(resp.closed, Some(true), "{:?}", resp.raw);
+        assert_eq!(resp.text(), "405 Method Not Allowed\n");
+    }
+
+    let tcp = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri("internal.example:443")
+        .body(())
+        .unwrap();
+    let mut client = client.ready().await.expect("h2 ready");
+    let (resp, _stream) = client.send_request(req, true).expect("CONNECT sent");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer to the h2 CONNECT")
+        .expect("a response, not a reset");
+    assert_eq!(resp.status(), 405);
+    conn.abort();
+
+    // Give a wrongly forwarded request time to arrive before asserting that none did.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend.requests(), 0, "a CONNECT reached the server");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_400() {
     let (backend, weir) = one_backend().await;

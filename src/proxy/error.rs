@@ -35,6 +35,9 @@ pub enum ProxyError {
     HeaderTimeout,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    /// `CONNECT` asks for a tunnel to any host: a reverse proxy forwards it to no server.
+    #[error("CONNECT is not served")]
+    MethodNotAllowed,
     #[error("host not covered by the TLS certificate of this connection")]
     Misdirected,
     #[error("every server is at max_connections and the pool's queue is full or timed out")]
@@ -54,6 +57,7 @@ impl ProxyError {
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::BodyTimeout | ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::Misdirected => StatusCode::MISDIRECTED_REQUEST,
         }
     }
@@ -72,6 +76,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => "body_timeout",
             ProxyError::HeaderTimeout => "header_timeout",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::MethodNotAllowed => "method_not_allowed",
             ProxyError::Misdirected => "misdirected",
             ProxyError::QueueFull => "queue_full",
         }
@@ -85,6 +90,7 @@ impl ProxyError {
             | ProxyError::BodyTimeout
             | ProxyError::HeaderTimeout
             | ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed
             | ProxyError::Misdirected => Side::Client,
             ProxyError::Connect(_) | ProxyError::Upstream(_) | ProxyError::Timeout => {
                 Side::Upstream
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::UriTooLong => "414 URI Too Long\n",
             ProxyError::BodyTimeout | ProxyError::HeaderTimeout => "408 Request Timeout\n",
             ProxyError::BadRequest(_) => "400 Bad Request\n",
+            ProxyError::MethodNotAllowed => "405 Method Not Allowed\n",
             ProxyError::Misdirected => "421 Misdirected Request\n",
         }
     }

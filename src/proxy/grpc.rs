@@ -55,7 +55,7 @@ fn parse_timeout(v: &[u8]) -> Option<Duration> {
 fn code(e: &ProxyError) -> &'static str {
     match e {
         ProxyError::Timeout => DEADLINE_EXCEEDED,
-        ProxyError::NoRoute => UNIMPLEMENTED,
+        ProxyError::NoRoute | ProxyError::MethodNotAllowed => UNIMPLEMENTED,
         ProxyError::BodyTooLarge | ProxyError::UriTooLong => RESOURCE_EXHAUSTED,
         ProxyError::BadRequest(_) => INTERNAL,
         ProxyError::BodyTimeout | ProxyError::HeaderTimeout => DEADLINE_EXCEEDED,
@@ -90,6 +90,7 @@ fn message(e: &ProxyError) -> &'static str {
         ProxyError::NoRoute => "weir: no route for this method",
         ProxyError::BodyTooLarge => "weir: request too large",
         ProxyError::BadRequest(_) => "weir: malformed request",
+        ProxyError::MethodNotAllowed => "weir: CONNECT is not served",
         ProxyError::NoHealthyServer => "weir: no healthy server",
         ProxyError::QueueFull => "weir: every server is at its connection limit",
         ProxyError::UriTooLong => "weir: request target too long",

@@ -304,7 +304,10 @@ fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
     );
     if matches!(
         e,
-        ProxyError::BadRequest(_) | ProxyError::UriTooLong | ProxyError::BodyTimeout
+        ProxyError::BadRequest(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::UriTooLong
+            | ProxyError::BodyTimeout
     ) {
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -316,6 +319,11 @@ fn error_response(e: &ProxyError, done: &mut Done) -> Response<ResponseBody> {
 fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> {
     if uri_len(req.uri()) > max_uri {
         return Err(ProxyError::UriTooLong);
+    }
+    // A tunnel to wherever the client names is a forward proxy's job (nginx answers 405 too).
+    // HTTP/2's extended CONNECT (RFC 8441) is how WebSocket travels over HTTP/2, and stays.
+    if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+        return Err(ProxyError::MethodNotAllowed);
     }
     // The asterisk form exists only for a server-wide OPTIONS (RFC 9112 §3.2.4).
     if req.uri() == "*" && req.method() != Method::OPTIONS {
