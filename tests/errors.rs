@@ -234,8 +234,8 @@ async fn malformed_request_is_400_and_closed() {
 }
 
 /// A reverse proxy is not a tunnel: `CONNECT` gets 405 and a closed connection, in either target
-/// form and over HTTP/2 (without RFC 8441's `:protocol`, the WebSocket case `websocket_h2` covers),
-/// and nothing reaches a server.
+/// form and over HTTP/2 (plain, or RFC 8441's with a `:protocol` other than the WebSocket that
+/// `websocket_h2` covers), and nothing reaches a server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_is_405_and_reaches_no_server() {
     let (backend, weir) = one_backend().await;
@@ -262,6 +262,31 @@ async fn connect_is_405_and_reaches_no_server() {
     let resp = tokio::time::timeout(Duration::from_secs(10), resp)
         .await
         .expect("an answer to the h2 CONNECT")
+        .expect("a response, not a reset");
+    assert_eq!(resp.status(), 405);
+
+    // An extended CONNECT for anything but a WebSocket is a tunnel too.
+    support::eventually(
+        "SETTINGS_ENABLE_CONNECT_PROTOCOL from weir",
+        Duration::from_secs(10),
+        || {
+            let on = client.is_extended_connect_protocol_enabled();
+            async move { on }
+        },
+    )
+    .await;
+    let req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/udp", weir.addr()))
+        .extension(h2::ext::Protocol::from("connect-udp"))
+        .body(())
+        .unwrap();
+    let (resp, _stream) = client
+        .send_request(req, true)
+        .expect("extended CONNECT sent");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer to the extended CONNECT")
         .expect("a response, not a reset");
     assert_eq!(resp.status(), 405);
     conn.abort();

@@ -321,8 +321,11 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
         return Err(ProxyError::UriTooLong);
     }
     // A tunnel to wherever the client names is a forward proxy's job (nginx answers 405 too).
-    // HTTP/2's extended CONNECT (RFC 8441) is how WebSocket travels over HTTP/2, and stays.
-    if req.method() == Method::CONNECT && req.extensions().get::<hyper::ext::Protocol>().is_none() {
+    // HTTP/2's extended CONNECT (RFC 8441) is how WebSocket travels over HTTP/2, and stays; any
+    // other `:protocol` would reach the server as a bare CONNECT.
+    if req.method() == Method::CONNECT
+        && !upgrade::is_websocket_connect(req.method(), req.extensions())
+    {
         return Err(ProxyError::MethodNotAllowed);
     }
     // The asterisk form exists only for a server-wide OPTIONS (RFC 9112 §3.2.4).

@@ -68,17 +68,21 @@ pub fn take(
     })
 }
 
+/// An RFC 8441 extended CONNECT asking for a WebSocket: the one `CONNECT` weir serves (as the
+/// HTTP/1.1 upgrade it stands for); `proxy::check_request` refuses every other.
+pub fn is_websocket_connect(method: &Method, extensions: &http::Extensions) -> bool {
+    method == Method::CONNECT
+        && extensions
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
 fn take_extended_connect(
     parts: &mut http::request::Parts,
     idle: Duration,
     shared: &Arc<Shared>,
 ) -> Option<Pending> {
-    let websocket = parts.method == Method::CONNECT
-        && parts
-            .extensions
-            .get::<hyper::ext::Protocol>()
-            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    if !websocket {
+    if !is_websocket_connect(&parts.method, &parts.extensions) {
         return None;
     }
     let client = parts.extensions.remove::<OnUpgrade>()?;
