@@ -264,6 +264,64 @@ routes:
 }
 
 #[test]
+fn one_item_with_several_errors_reports_them_all() {
+    // serde stops at an item's first error; weir takes the bad field out and reads on, so a typo
+    // at the top and an unknown key inside a route hide neither the route's other errors nor
+    // those found by validation (an unknown pool, a bad duration).
+    let yaml = r#"listners: []
+listeners:
+  - name: web
+    bind: "127.0.0.1:0"
+pools:
+  api:
+    servers:
+      - address: "127.0.0.1:9001"
+        weight: heavy
+routes:
+  - name: r
+    match: { path_prefix: "/" }
+    pool: nope
+    timeout: 5x
+    bogus: 1
+    retries: many
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    let expected = [
+        (1, &["listners"][..]),
+        (line_of(yaml, "heavy"), &["weight"][..]),
+        (line_of(yaml, "nope"), &["nope"][..]),
+        (line_of(yaml, "5x"), &["5x"][..]),
+        (line_of(yaml, "bogus"), &["bogus"][..]),
+        (line_of(yaml, "many"), &["retries"][..]),
+    ];
+    for (line, words) in expected {
+        assert_diag(&diags, yaml, line, words, &all);
+    }
+    assert_eq!(diags.len(), expected.len(), "one line per error:\n{all}");
+}
+
+#[test]
+fn a_repeated_key_points_at_the_repeat() {
+    let yaml = "routes:\n  - name: a\n    pool: p\n    match: { path_prefix: / }\nroutes:\n  - name: b\n    pool: p\n    match: { path_prefix: / }\n";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_eq!(diags.len(), 1, "{all}");
+    assert_eq!((diags[0].0, diags[0].1), (5, 1), "{all}");
+    assert!(diags[0].2.contains("duplicate key `routes`"), "{all}");
+}
+
+#[test]
 fn errors_do_not_cascade_onto_valid_references() {
     // Pool `api` exists but has a typo inside it; the route naming it is fine and must not be
     // reported as naming an unknown pool.

@@ -8,6 +8,7 @@ use super::diagnostic::{Diagnostics, Pos};
 use super::raw::{RawAdmin, RawListener, RawPool, RawRoute};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use serde_path_to_error::Segment;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -83,7 +84,7 @@ impl Origin {
     fn join(&self, field: &str) -> String {
         if field.is_empty() {
             self.path.clone()
-        } else if field.starts_with('[') {
+        } else if field.starts_with('[') || self.path.is_empty() {
             format!("{}{}", self.path, field)
         } else {
             format!("{}.{}", self.path, field)
@@ -181,7 +182,7 @@ fn list_files(path: &Path) -> Result<Vec<PathBuf>, String> {
 
 /// Parses one file's text and appends its items to `raw`.
 pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Diagnostics) {
-    let spans = match index_spans(text) {
+    let (spans, duplicates) = match index_spans(text) {
         Ok(s) => s,
         Err((line, col, msg)) => {
             let pos = Pos {
@@ -197,14 +198,38 @@ pub fn load_text(name: Arc<str>, text: &str, raw: &mut RawConfig, diags: &mut Di
     if text.trim().is_empty() {
         return;
     }
-    let top: RawTop = match serde_yaml::from_str(text) {
-        Ok(t) => t,
+    // serde_yaml refuses a document with a repeated key without saying where it is; the index does.
+    if !duplicates.is_empty() {
+        let mut shown: Vec<String> = Vec::new();
+        for d in duplicates {
+            // The keys inside a repeated key's value repeat those of its first value: one error.
+            let inside = |p: &String| {
+                d.path.starts_with(p.as_str())
+                    && matches!(d.path.as_bytes().get(p.len()), Some(b'.' | b'['))
+            };
+            if shown.iter().any(inside) {
+                continue;
+            }
+            shown.push(d.path.clone());
+            let first = file.pos(d.first);
+            let msg = format!(
+                "duplicate key `{}` (first at {}:{}:{})",
+                d.path, first.file, first.line, first.col
+            );
+            diags.error(file.pos(d.again), msg);
+        }
+        return;
+    }
+    let doc: serde_yaml::Value = match serde_yaml::from_str(text) {
+        Ok(v) => v,
         Err(e) => {
             let (line, col) = e.location().map_or((1, 1), |l| (l.line(), l.column()));
-            let pos = file.pos((line, col));
-            diags.error(pos, strip_location(&e.to_string()));
+            diags.error(file.pos((line, col)), strip_location(&e.to_string()));
             return;
         }
+    };
+    let Some(top) = item::<RawTop>(doc, &origin(&file, String::new()), diags) else {
+        return;
     };
     for (i, v) in top.listeners.into_iter().enumerate() {
         let origin = origin(&file, format!("listeners[{i}]"));
@@ -272,43 +297,113 @@ fn origin(file: &Arc<SourceFile>, path: String) -> Origin {
     }
 }
 
-/// Deserializes one item, turning a failure into a positioned diagnostic.
+/// How many errors one item may report before the rest of it is left unread.
+const MAX_ERRORS_PER_ITEM: usize = 32;
+
+/// Deserializes one item, turning each failure into a positioned diagnostic.
+///
+/// serde stops at an item's first error, and the contract is that `weir check` prints every one.
+/// So the field at fault is taken out and the item read again, until it reads (its remaining
+/// fields then go on to validation, which finds the errors serde cannot: an unknown pool, a bad
+/// duration) or an error cannot be taken out (the item itself has the wrong type, a list element
+/// is malformed, a required field is missing). A required field that was taken out is not
+/// reported missing: its own error was.
 fn item<T: DeserializeOwned>(
-    v: serde_yaml::Value,
+    mut v: serde_yaml::Value,
     origin: &Origin,
     diags: &mut Diagnostics,
 ) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(v) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            let mut path = String::new();
-            for seg in e.path().iter() {
-                use serde_path_to_error::Segment;
-                match seg {
-                    Segment::Seq { index } => path.push_str(&format!("[{index}]")),
-                    Segment::Map { key } | Segment::Enum { variant: key } => {
-                        if !path.is_empty() {
-                            path.push('.');
-                        }
-                        path.push_str(key);
-                    }
-                    Segment::Unknown => {}
-                }
+    let mut removed: Vec<String> = Vec::new();
+    for _ in 0..MAX_ERRORS_PER_ITEM {
+        let e = match serde_path_to_error::deserialize::<_, T>(&v) {
+            Ok(t) => return Some(t),
+            Err(e) => e,
+        };
+        let segments: Vec<Segment> = e.path().iter().cloned().collect();
+        let path = render_path(&segments);
+        let msg = strip_location(&e.inner().to_string());
+        if let Some(field) = missing_field(&msg) {
+            let full = join_path(&path, field);
+            if removed.contains(&full) {
+                return None;
             }
-            let msg = strip_location(&e.inner().to_string());
-            let pos = match unknown_field(&msg) {
-                Some(_) => origin.key(&path),
-                None => origin.field(&path),
-            };
-            let msg = if path.is_empty() {
-                msg
-            } else {
-                format!("{}.{}: {msg}", origin.path, path)
-            };
-            diags.error(pos, msg);
-            None
+        }
+        let pos = match unknown_field(&msg) {
+            Some(_) => origin.key(&path),
+            None => origin.field(&path),
+        };
+        let shown = match (origin.path.is_empty(), path.is_empty()) {
+            (_, true) => msg.clone(),
+            (true, false) => format!("{path}: {msg}"),
+            (false, false) => format!("{}.{}: {msg}", origin.path, path),
+        };
+        diags.error(pos, shown);
+        if missing_field(&msg).is_some() || !remove_at(&mut v, &segments) {
+            return None;
+        }
+        removed.push(path);
+    }
+    None
+}
+
+/// `routes[0].match.path_prefix`-style path of a serde error, relative to its item.
+fn render_path(segments: &[Segment]) -> String {
+    let mut path = String::new();
+    for seg in segments {
+        match seg {
+            Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+            }
+            Segment::Unknown => {}
         }
     }
+    path
+}
+
+fn join_path(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// Takes the mapping entry at `segments` out of `v`; false when the path does not end in a
+/// mapping key that is there (a list element is left alone: taking it out would shift the
+/// positions of the elements after it).
+fn remove_at(v: &mut serde_yaml::Value, segments: &[Segment]) -> bool {
+    let Some((Segment::Map { key }, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = v;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => {
+                match m.get_mut(key.as_str()) {
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
+            (Segment::Seq { index }, serde_yaml::Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        serde_yaml::Value::Mapping(m) => m.shift_remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
+fn missing_field(msg: &str) -> Option<&str> {
+    let rest = msg.strip_prefix("missing field `")?;
+    rest.split('`').next()
 }
 
 fn unknown_field(msg: &str) -> Option<&str> {
@@ -329,10 +424,18 @@ enum Frame {
     Seq { path: String, index: usize },
 }
 
+/// A key that appears twice in one mapping: where first, and where again.
+struct Duplicate {
+    path: String,
+    first: (usize, usize),
+    again: (usize, usize),
+}
+
 #[derive(Default)]
 struct SpanIndex {
     stack: Vec<Frame>,
     spans: HashMap<String, Span>,
+    duplicates: Vec<Duplicate>,
 }
 
 impl SpanIndex {
@@ -376,7 +479,15 @@ impl MarkedEventReceiver for SpanIndex {
                         } else {
                             format!("{path}.{s}")
                         };
-                        self.spans.entry(full).or_default().key = Some(at);
+                        let span = self.spans.entry(full.clone()).or_default();
+                        match span.key {
+                            Some(first) => self.duplicates.push(Duplicate {
+                                path: full,
+                                first,
+                                again: at,
+                            }),
+                            None => span.key = Some(at),
+                        }
                         *key = Some(s);
                     }
                 }
@@ -409,14 +520,16 @@ impl MarkedEventReceiver for SpanIndex {
     }
 }
 
-fn index_spans(text: &str) -> Result<HashMap<String, Span>, (usize, usize, String)> {
+type Spans = (HashMap<String, Span>, Vec<Duplicate>);
+
+fn index_spans(text: &str) -> Result<Spans, (usize, usize, String)> {
     let mut idx = SpanIndex::default();
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut idx, false).map_err(|e| {
         let m = e.marker();
         (m.line(), m.col() + 1, e.info().to_string())
     })?;
-    Ok(idx.spans)
+    Ok((idx.spans, idx.duplicates))
 }
 
 #[cfg(test)]
@@ -427,7 +540,7 @@ mod tests {
     fn spans_point_at_keys_and_values() {
         let text =
             "routes:\n  - name: a\n    pool: web\n  - name: b\n    match: { path_prefix: /x }\n";
-        let spans = index_spans(text).unwrap();
+        let (spans, _) = index_spans(text).unwrap();
         assert_eq!(spans["routes[0].pool"].value, (3, 11));
         assert_eq!(spans["routes[0].pool"].key, Some((3, 5)));
         assert_eq!(spans["routes[1].match.path_prefix"].value, (5, 27));
@@ -443,6 +556,88 @@ mod tests {
         let errs: Vec<String> = d.errors().map(|e| e.to_string()).collect();
         assert!(errs[0].starts_with("f.yaml:3:5: "), "{errs:?}");
         assert!(errs[0].contains("unknown field `bnd`"), "{errs:?}");
-        assert!(errs[1].starts_with("f.yaml:7:14: "), "{errs:?}");
+        // `bind` is missing too: with `bnd` taken out, the listener reads on and says so.
+        assert!(errs[1].contains("missing field `bind`"), "{errs:?}");
+        assert!(errs[2].starts_with("f.yaml:7:14: "), "{errs:?}");
+    }
+
+    fn errors_of(text: &str) -> Vec<String> {
+        let mut raw = RawConfig::default();
+        let mut d = Diagnostics::default();
+        load_text("f.yaml".into(), text, &mut raw, &mut d);
+        super::super::validate::validate(raw, &mut d);
+        let mut errs: Vec<&super::super::diagnostic::Diagnostic> = d.errors().collect();
+        errs.sort_by_key(|e| (e.pos.line, e.pos.col));
+        errs.iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn every_error_of_an_item_is_reported() {
+        let text = "pools: {api: {servers: [{address: \"127.0.0.1:9001\"}]}}\nroutes:\n  - name: r\n    match: { path_prefix: / }\n    pool: nope\n    timeout: 5x\n    bogus: 1\n    retries: many\n";
+        let errs = errors_of(text);
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs[0].starts_with("f.yaml:5:11: ") && errs[0].contains("nope"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("f.yaml:6:14: ") && errs[1].contains("5x"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("f.yaml:7:5: ") && errs[2].contains("`bogus`"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[3].starts_with("f.yaml:8:14: ") && errs[3].contains("retries"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_top_level_key_hides_nothing() {
+        let text = "listners: []\nshutdown_timeout: 3x\npools:\n  api:\n    servers: [{address: \"127.0.0.1:1\", weight: x}]\n";
+        let errs = errors_of(text);
+        assert_eq!(errs.len(), 3, "{errs:?}");
+        assert!(
+            errs[0].starts_with("f.yaml:1:1: listners: unknown field"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].starts_with("f.yaml:2:19: shutdown_timeout: invalid duration"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[2].starts_with("f.yaml:5:48: pools.api.servers[0].weight"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_required_field_of_the_wrong_type_is_not_also_missing() {
+        let text = "routes:\n  - name: r\n    pool: [a]\n    match: { path_prefix: / }\n";
+        let errs = errors_of(text);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("f.yaml:3:11: routes[0].pool: invalid type"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_is_reported_where_it_repeats() {
+        let text = "routes:\n  - name: a\n    pool: p\nroutes:\n  - name: b\n    pool: p\n";
+        let errs = errors_of(text);
+        assert_eq!(
+            errs,
+            ["f.yaml:4:1: duplicate key `routes` (first at f.yaml:1:1)"],
+            "{errs:?}"
+        );
+        let errs = errors_of("pools:\n  a:\n    servers: []\n    servers: []\n");
+        assert_eq!(
+            errs,
+            ["f.yaml:4:5: duplicate key `pools.a.servers` (first at f.yaml:3:5)"],
+            "{errs:?}"
+        );
     }
 }

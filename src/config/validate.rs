@@ -31,7 +31,9 @@ impl Ctx<'_> {
         match parse_duration(s) {
             Ok(d) => d,
             Err(e) => {
-                self.err(o, field, format!("{field}: {e}"));
+                // A top-level setting is its own item: name it by its path.
+                let name = if field.is_empty() { &o.path } else { field };
+                self.err(o, field, format!("{name}: {e}"));
                 default
             }
         }
