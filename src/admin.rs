@@ -181,14 +181,23 @@ fn status(shared: &Shared) -> serde_json::Value {
                     })
                 })
                 .collect();
-            json!({ "name": &*p.name, "balance": format!("{:?}", p.config.balance), "servers": servers })
+            json!({ "name": &*p.name, "balance": p.config.balance.as_str(), "servers": servers })
         })
         .collect();
+    // Open client connections, per listener and in all (the `weir_active_connections` gauge).
+    let m = &shared.metrics;
+    let mut active = 0;
     let listeners: Vec<_> = rt
         .config
         .listeners
         .iter()
-        .map(|l| json!({ "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some() }))
+        .map(|l| {
+            let name: Arc<str> = l.name.as_str().into();
+            let open = m.connections.get_or_create(&m.listener(&name)).get();
+            active += open;
+            json!({ "name": l.name, "bind": l.bind.to_string(), "tls": l.tls.is_some(),
+                    "active_connections": open })
+        })
         .collect();
     let routes: Vec<_> = rt
         .router
@@ -200,6 +209,7 @@ fn status(shared: &Shared) -> serde_json::Value {
         "version": env!("CARGO_PKG_VERSION"),
         "generation": rt.generation,
         "draining": shared.draining.load(Relaxed),
+        "active_connections": active,
         "listeners": listeners,
         "routes": routes,
         "pools": pools,

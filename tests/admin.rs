@@ -373,3 +373,52 @@ async fn a_request_whose_client_goes_away_is_released_and_logged_499() {
     let line = weir.expect_access_log(499, Some("api")).await;
     assert!(line.contains("client_closed"), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_open_connections_and_names_the_balancer_as_configured() {
+    let backend = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, config(&backend, "")).unwrap();
+    let weir = Weir::start_path_args(&path, &["web", "plain"], &[]).await;
+    let admin = Admin::of(&weir).await;
+    let listener = |st: &serde_json::Value, name: &str| {
+        st["listeners"]
+            .as_array()
+            .and_then(|ls| ls.iter().find(|l| l["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no listener {name} in /status: {st}"))
+    };
+
+    let st = admin.status().await;
+    assert_eq!(st["pools"][0]["balance"], "round_robin", "{st}");
+    assert_eq!(st["active_connections"], 0, "{st}");
+
+    // Two clients hold keep-alive connections open after a request each.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        s.write_all(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        held.push(s);
+    }
+    let st = admin.status().await;
+    assert_eq!(listener(&st, "web")["active_connections"], 2, "{st}");
+    assert_eq!(listener(&st, "plain")["active_connections"], 0, "{st}");
+    assert_eq!(st["active_connections"], 2, "{st}");
+
+    drop(held);
+    eventually(
+        "the closed connections to leave /status",
+        Duration::from_secs(10),
+        || async { admin.status().await["active_connections"] == 0 },
+    )
+    .await;
+}

@@ -160,13 +160,10 @@ fn route(s: &mut String, cfg: &Config, i: usize, r: &RouteConfig) {
 
 fn pool(s: &mut String, p: &PoolConfig) {
     let balance = match (p.balance, &p.hash_key) {
-        (BalanceKind::RoundRobin, _) => "round_robin".to_string(),
-        (BalanceKind::LeastRequest, _) => "least_request".into(),
-        (BalanceKind::PowerOfTwo, _) => "power_of_two".into(),
-        (BalanceKind::Random, _) => "random".into(),
-        (BalanceKind::IpHash, _) => "ip_hash".into(),
-        (BalanceKind::HeaderHash, k) => format!("header_hash on {}", k.as_deref().unwrap_or("?")),
-        (BalanceKind::CookieHash, k) => format!("cookie_hash on {}", k.as_deref().unwrap_or("?")),
+        (BalanceKind::HeaderHash | BalanceKind::CookieHash, k) => {
+            format!("{} on {}", p.balance.as_str(), k.as_deref().unwrap_or("?"))
+        }
+        (b, _) => b.as_str().to_string(),
     };
     let _ = writeln!(s, "  {}: {balance}", p.name);
     let mut conn = vec![

@@ -94,6 +94,21 @@ pub enum BalanceKind {
     CookieHash,
 }
 
+impl BalanceKind {
+    /// The name the configuration spells it with (`balance:`), for `/status` and `check`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceKind::RoundRobin => "round_robin",
+            BalanceKind::LeastRequest => "least_request",
+            BalanceKind::PowerOfTwo => "power_of_two",
+            BalanceKind::Random => "random",
+            BalanceKind::IpHash => "ip_hash",
+            BalanceKind::HeaderHash => "header_hash",
+            BalanceKind::CookieHash => "cookie_hash",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamProtocol {
     Http1,
