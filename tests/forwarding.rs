@@ -118,6 +118,19 @@ async fn x_forwarded_for_is_appended() {
 
     let seen = weir.get("h", "/").await.seen();
     assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
+
+    // Two header lines are one list: both hops reach the server, in order, before weir's.
+    let req = weir
+        .request("GET", "h", "/")
+        .header("x-forwarded-for", "1.1.1.1")
+        .header("x-forwarded-for", "2.2.2.2")
+        .body(empty())
+        .unwrap();
+    let seen = weir.send(req).await.seen();
+    assert_eq!(
+        seen.header("x-forwarded-for").as_deref(),
+        Some("1.1.1.1, 2.2.2.2, 127.0.0.1")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

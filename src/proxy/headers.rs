@@ -96,13 +96,25 @@ pub fn add_forwarded(
 ) {
     let mut ip = IpText::default();
     ip.write(client.to_canonical());
-    let prev = h
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
+    // Several `x-forwarded-for` lines are one list (RFC 9110 §5.3): every hop in them is kept.
+    let mut prev = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
         .filter(|p| !p.trim().is_empty());
-    let v = match prev {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", ip.as_str())),
-        None => HeaderValue::from_str(ip.as_str()),
+    let v = match (prev.next(), prev.next()) {
+        (None, _) => HeaderValue::from_str(ip.as_str()),
+        (Some(one), None) => HeaderValue::from_str(&format!("{one}, {}", ip.as_str())),
+        (Some(first), Some(second)) => {
+            let mut all = format!("{first}, {second}");
+            for p in prev {
+                all.push_str(", ");
+                all.push_str(p);
+            }
+            all.push_str(", ");
+            all.push_str(ip.as_str());
+            HeaderValue::from_str(&all)
+        }
     };
     if let Ok(v) = v {
         h.insert(X_FORWARDED_FOR, v);
@@ -258,6 +270,18 @@ mod tests {
         add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn forwarded_for_on_several_lines_keeps_every_hop() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2, 3.3.3.3".parse().unwrap());
+        h.append("x-forwarded-for", "4.4.4.4".parse().unwrap());
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", None);
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4, 127.0.0.1"]);
     }
 
     #[test]
