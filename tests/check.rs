@@ -322,6 +322,41 @@ fn a_repeated_key_points_at_the_repeat() {
 }
 
 #[test]
+fn patterns_that_can_never_match_and_a_shared_admin_port_are_errors() {
+    // Hosts are matched without their port, so a pattern with one would never match; an empty
+    // list would match every host; an admin endpoint on a listener's address would share its
+    // connections with it.
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:18080"
+pools: {api: {servers: [{address: "127.0.0.1:9001"}]}}
+routes:
+  - name: port
+    match: { host: "api.example.com:18190" }
+    pool: api
+  - name: empty
+    match: { host: [] }
+    pool: api
+  - name: v6
+    match: { host: "[::1]" }
+    pool: api
+admin:
+  bind: "127.0.0.1:18080"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(&diags, yaml, line_of(yaml, "18190"), &["port"], &all);
+    assert_diag(&diags, yaml, line_of(yaml, "host: []"), &["empty"], &all);
+    assert_diag(&diags, yaml, 16, &["admin.bind", "web"], &all);
+    assert_eq!(diags.len(), 3, "a bracketed IPv6 host is fine:\n{all}");
+}
+
+#[test]
 fn errors_do_not_cascade_onto_valid_references() {
     // Pool `api` exists but has a typo inside it; the route naming it is fine and must not be
     // reported as naming an unknown pool.

@@ -34,6 +34,16 @@ async fn host_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_ipv6_literal_in_brackets_matches_with_or_without_port() {
+    let routes =
+        format!("  - name: v6\n    match:\n      host: \"[::1]\"\n    pool: a\n{FALLBACK_B}");
+    let (_b, weir) = setup(2, &routes).await;
+    assert_eq!(weir.get("[::1]", "/").await.backend(), "a");
+    assert_eq!(weir.get("[::1]:8080", "/").await.backend(), "a");
+    assert_eq!(weir.get("[::2]:8080", "/").await.backend(), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_wildcard_matches_one_label() {
     let routes = format!(
         "  - name: wild\n    match:\n      host: \"*.example.com\"\n    pool: a\n{FALLBACK_B}"

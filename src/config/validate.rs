@@ -147,6 +147,20 @@ pub fn validate(raw: RawConfig, d: &mut Diagnostics) -> Config {
         None => Duration::ZERO,
     };
     let admin = raw.admin.as_ref().and_then(|i| admin(&mut cx, i));
+    if let (Some(a), Some(it)) = (&admin, &raw.admin) {
+        // Both would bind (listeners set SO_REUSEPORT) and the kernel would share connections
+        // between them: the admin API on the public port, requests on the admin one.
+        if let Some(l) = listeners
+            .iter()
+            .find(|l| l.bind == a.bind && a.bind.port() != 0)
+        {
+            let msg = format!(
+                "admin.bind: {} is already used by listener {:?}",
+                a.bind, l.name
+            );
+            cx.err(&it.origin, "bind", msg);
+        }
+    }
     Config {
         shutdown_delay,
         listeners,
@@ -867,9 +881,19 @@ fn routes(
 fn hosts(cx: &mut Ctx, o: &Origin, field: &str, v: &Option<OneOrMany>) -> Vec<HostPattern> {
     let Some(v) = v else { return Vec::new() };
     let list = v.clone().into_vec();
+    if list.is_empty() {
+        // No condition at all would be the opposite of what an empty list says.
+        cx.err(o, field, format!("{field}: an empty list matches no host"));
+    }
     let mut out = Vec::new();
     for (i, h) in list.iter().enumerate() {
         let h = h.trim().to_ascii_lowercase();
+        // Requests are matched on their host without its port, and an IPv6 literal without its
+        // brackets: a pattern written otherwise could never match.
+        let h = match h.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            Some(v6) => v6.to_string(),
+            None => h,
+        };
         let f = if matches!(v, OneOrMany::One(_)) {
             field.to_string()
         } else {
@@ -883,12 +907,19 @@ fn hosts(cx: &mut Ctx, o: &Origin, field: &str, v: &Option<OneOrMany>) -> Vec<Ho
         if h == "*" {
             out.push(HostPattern::Any);
         } else if let Some(rest) = h.strip_prefix("*.") {
-            if !label_ok(rest) {
+            if !label_ok(rest) || rest.contains([':', '[', ']']) {
                 cx.err(o, &f, format!("{field}: invalid host pattern {h:?}"));
             }
             out.push(HostPattern::Wildcard(format!(".{rest}")));
         } else {
-            if !label_ok(&h) || h.contains('*') {
+            let v6 = h.parse::<std::net::Ipv6Addr>().is_ok();
+            if !v6 && h.contains(':') {
+                cx.err(
+                    o,
+                    &f,
+                    format!("{field}: {h:?} names a port; hosts are matched without theirs"),
+                );
+            } else if !label_ok(&h) || h.contains('*') {
                 cx.err(
                     o,
                     &f,
