@@ -1052,6 +1052,35 @@ async fn a_down_server_is_probed_at_unhealthy_interval() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_connection_closed_unanswered_spends_the_routes_retries_only() {
+    // Servers that read each request and hang up. That is their answer, not the keep-alive race
+    // (the connections are new), so a GET is sent 1 + `retries` times, each to another server.
+    let (a, b) = (
+        KeepAliveCloser::start_answering(0).await,
+        KeepAliveCloser::start_answering(0).await,
+    );
+    let one = format!("      - address: \"{}\"\n", a.addr);
+    let weir = Weir::start(&config("round_robin", "", &one, "", false)).await;
+    let r = get(&weir).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(a.cut(), 1, "retries: 0 sent the GET {} times", a.cut());
+    drop(weir);
+
+    let two = format!(
+        "      - address: \"{}\"\n      - address: \"{}\"\n",
+        a.addr, b.addr
+    );
+    let weir = Weir::start(&config("round_robin", "", &two, "    retries: 1\n", false)).await;
+    let r = get(&weir).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert_eq!(
+        (a.cut() - 1, b.cut()),
+        (1, 1),
+        "retries: 1 over two servers: one attempt on each"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_race_is_retried_on_a_fresh_connection_for_gets_only() {
     let server = KeepAliveCloser::start().await;
     let servers = format!("      - address: \"{}\"\n", server.addr);

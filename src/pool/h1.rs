@@ -38,8 +38,10 @@ pub enum SendError {
     #[error("{0}")]
     Connect(String),
     /// The connection broke or the server answered with something hyper could not parse.
-    #[error("{0}")]
-    Request(String),
+    /// `reused`: on a pooled keep-alive connection (which the server may have closed as the
+    /// request went out), not on one opened for this request.
+    #[error("{error}")]
+    Request { error: String, reused: bool },
     /// No response head by the route's deadline.
     #[error("no response head within the route's timeout")]
     TimedOut,
@@ -230,7 +232,12 @@ impl H1 {
                     }
                     // Never written: a pooled connection the server had closed. Another one.
                     Err(e) if timing.is_none() && e.message().is_some() => {}
-                    Err(e) => return Err(SendError::Request(error_chain(&e.into_error()))),
+                    Err(e) => {
+                        return Err(SendError::Request {
+                            error: error_chain(&e.into_error()),
+                            reused: timing.is_none(),
+                        })
+                    }
                 }
             }
         }

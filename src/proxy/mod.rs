@@ -734,7 +734,11 @@ async fn send_shared(
         Err(_) => Err(SendError::TimedOut),
         Ok(r) => r.map_err(|e| match e.is_connect() {
             true => SendError::Connect(crate::pool::h1::error_chain(&e)),
-            false => SendError::Request(crate::pool::h1::error_chain(&e)),
+            // hyper-util's client does not say whether the connection was a pooled one.
+            false => SendError::Request {
+                error: crate::pool::h1::error_chain(&e),
+                reused: true,
+            },
         }),
     }
 }
@@ -834,6 +838,8 @@ mod attempts {
         Failed {
             error: String,
             body_untouched: bool,
+            /// On a pooled keep-alive connection: possibly the keep-alive race.
+            reused: bool,
         },
         TimedOut,
         /// The client's body failed (too large, stalled, bad framing): not the server's fault, so
@@ -854,9 +860,10 @@ mod attempts {
             Ok(r) => Outcome::Response(r),
             Err(SendError::Connect(e)) => Outcome::ConnectFailed(e),
             Err(_) if slot.is_some_and(|s| s.client_fault()) => Outcome::ClientFault,
-            Err(SendError::Request(error)) => Outcome::Failed {
+            Err(SendError::Request { error, reused }) => Outcome::Failed {
                 error,
                 body_untouched: untouched,
+                reused,
             },
         }
     }
@@ -982,9 +989,12 @@ mod attempts {
                 Outcome::Failed {
                     error,
                     body_untouched,
+                    reused,
                 } => {
                     pool.record(server, true);
-                    let race = body_untouched && self.idempotent && self.race_retry;
+                    // A connection opened for this request that the server closed unanswered is
+                    // the server's answer, not a race: only the route's retries may try again.
+                    let race = reused && body_untouched && self.idempotent && self.race_retry;
                     if race {
                         // Likely the keep-alive race: try once more (on a fresh connection, since
                         // the pool dropped the dead one) without spending the route's retries.

@@ -27,13 +27,19 @@ pub struct KeepAliveCloser {
 
 impl KeepAliveCloser {
     pub async fn start() -> KeepAliveCloser {
+        Self::start_answering(1).await
+    }
+
+    /// Answers the first `answers` requests of each connection; 0: closes every connection
+    /// unanswered once its first request has arrived (a server that reads and hangs up).
+    pub async fn start_answering(answers: usize) -> KeepAliveCloser {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().unwrap();
         let counts = Arc::new(Counts::default());
         let c = counts.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(stream, c.clone()));
+                tokio::spawn(serve(stream, c.clone(), answers));
             }
         });
         KeepAliveCloser { addr, counts, task }
@@ -44,7 +50,7 @@ impl KeepAliveCloser {
         self.counts.answered.load(SeqCst)
     }
 
-    /// Requests that arrived on a reused connection and were cut off unanswered.
+    /// Requests cut off unanswered (with `start`: those that arrived on a reused connection).
     pub fn cut(&self) -> usize {
         self.counts.cut.load(SeqCst)
     }
@@ -93,17 +99,19 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Strin
     Some(head.lines().next().unwrap_or_default().to_string())
 }
 
-async fn serve(mut stream: TcpStream, counts: Arc<Counts>) {
+async fn serve(mut stream: TcpStream, counts: Arc<Counts>, answers: usize) {
     let mut buf = Vec::new();
-    let Some(line) = read_request(&mut stream, &mut buf).await else {
-        return;
-    };
-    counts.lines.lock().unwrap().push(line);
-    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
-    if stream.write_all(answer).await.is_err() {
-        return;
+    for _ in 0..answers {
+        let Some(line) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        counts.lines.lock().unwrap().push(line);
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+        if stream.write_all(answer).await.is_err() {
+            return;
+        }
+        counts.answered.fetch_add(1, SeqCst);
     }
-    counts.answered.fetch_add(1, SeqCst);
     if let Some(line) = read_request(&mut stream, &mut buf).await {
         counts.lines.lock().unwrap().push(line);
         counts.cut.fetch_add(1, SeqCst);
