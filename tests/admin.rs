@@ -25,6 +25,14 @@ fn config(backend: &Backend, extra: &str) -> String {
     )
 }
 
+/// The address of pool `dead`'s one server, from the config file `config` wrote.
+fn backend_dead(path: &std::path::Path) -> String {
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let after = &yaml[yaml.find("  dead:").expect("pool dead")..];
+    let start = after.find("address: \"").unwrap() + "address: \"".len();
+    after[start..].split('"').next().unwrap().to_string()
+}
+
 async fn metrics(admin: &Admin) -> support::prom::Exposition {
     let c = support::client::client();
     let req = http::Request::get(format!("http://{}/metrics", admin.addr))
@@ -138,6 +146,13 @@ async fn metrics_move_with_traffic_and_every_local_reply_has_a_reason() {
     ] {
         assert!(text.contains(needle), "{needle} in the access log:\n{text}");
     }
+    // A 502 names the server it could not reach, as nginx's $upstream_addr does.
+    let refused = text
+        .lines()
+        .find(|l| l.contains("reason=connect_refused"))
+        .unwrap();
+    let dead = format!("upstream={}", backend_dead(&path));
+    assert!(refused.contains(&dead), "{dead} in {refused}");
     let ok_lines: Vec<&str> = text.lines().filter(|l| l.contains("reason=ok")).collect();
     assert!(ok_lines[0].contains("upstream_ms="), "{}", ok_lines[0]);
     // The first request opened the upstream connection and logs its connect time; the later ones

@@ -65,7 +65,11 @@ struct Done {
     listener: Arc<str>,
     route: Option<Arc<str>>,
     pool: Option<Arc<Pool>>,
+    /// The server holding this request's in-flight slot, released by [`Finish::finish`].
     server: Option<usize>,
+    /// The last server an attempt went to, for the log: a 502 or 504 names it too (nginx's
+    /// `$upstream_addr`), though its slot is already released.
+    tried: Option<usize>,
     reason: &'static str,
     request_id: Option<HeaderValue>,
     retries: u32,
@@ -107,7 +111,7 @@ impl Finish for Done {
         if let (Some(pool), Some(i)) = (&self.pool, self.server) {
             pool.release(i);
         }
-        let upstream = match (&self.pool, self.server) {
+        let upstream = match (&self.pool, self.server.or(self.tried)) {
             (Some(p), Some(i)) => Some(&p.servers[i].address),
             _ => None,
         };
@@ -158,6 +162,7 @@ pub fn log_refused(conn: &ConnInfo, shared: &Arc<Shared>, status: u16, reason: &
         route: None,
         pool: None,
         server: None,
+        tried: None,
         reason,
         request_id: None,
         retries: 0,
@@ -208,6 +213,7 @@ pub fn handle(
         route: None,
         pool: None,
         server: None,
+        tried: None,
         reason: "ok",
         request_id: None,
         retries: 0,
@@ -628,6 +634,7 @@ fn forward<'a>(
         loop {
             let server = attempt.pick(pool, &input).await?;
             done.server = Some(server);
+            done.tried = Some(server);
             pool.servers[server].state.in_flight.fetch_add(1, Relaxed);
             pool.servers[server].state.requests.fetch_add(1, Relaxed);
             let driven = pool.h1.as_ref().filter(|_| p.upgrade.is_none());
