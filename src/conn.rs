@@ -255,6 +255,15 @@ impl ConnState {
         self.boundary.store(boundary.unwrap_or(CLEAN), Relaxed);
     }
 
+    /// Whether the client's bytes read so far end inside a request (its body still on its way),
+    /// on a connection still made of plain HTTP/1 messages.
+    pub fn mid_message(&self) -> bool {
+        self.boundary.load(Relaxed) == CLEAN
+            && self.bad_from.load(Relaxed) == CLEAN
+            && !self.upgraded.load(Relaxed)
+            && !self.h2.load(Relaxed)
+    }
+
     /// Called by the tap on each write (false) and each finished flush (true).
     pub fn on_flush(&self, done: bool) {
         self.flushed.store(done, Relaxed);

@@ -470,7 +470,16 @@ where
         .serve_connection(TokioIo::new(io), service(conn, shared))
         .with_upgrades();
     let shut = |h: &mut http1::UpgradeableConnection<_, _>| Pin::new(h).graceful_shutdown();
-    let since = run(&mut http, shut, conn, shared, shutdown, start, park).await?;
+    let since = match run(&mut http, shut, conn, shared, shutdown, start, park).await {
+        Ran::Idle(since) => since,
+        Ran::Ended if conn.state.mid_message() => {
+            if let Some(parts) = http.into_parts() {
+                boxed(linger(parts.io.into_inner())).await;
+            }
+            return None;
+        }
+        Ran::Ended | Ran::Cut => return None,
+    };
     let parts = http.into_parts()?;
     let mut io = parts.io.into_inner();
     io.unread(parts.read_buf);
@@ -530,7 +539,7 @@ async fn run<F>(
     shutdown: &mut watch::Receiver<bool>,
     mut start: Start,
     mut park: Park,
-) -> Option<Instant>
+) -> Ran
 where
     F: Future<Output = hyper::Result<()>> + Unpin,
 {
@@ -557,7 +566,7 @@ where
             biased;
             r = served => match r {
                 Some(r) => break r,
-                None => return Some(Instant::now()),
+                None => return Ran::Idle(Instant::now()),
             },
             _ = crate::conn::Gated::new(drain) => {
                 // Closing an idle HTTP/1.1 connection at once races a request the client may be
@@ -575,7 +584,7 @@ where
             expired = crate::conn::Gated::new(watchdog) => {
                 if let Expired::Park { since } = expired {
                     if conn.state.parkable() {
-                        return Some(since);
+                        return Ran::Idle(since);
                     }
                     // Not now (a response still in the socket, say); not again on this one.
                     (start, park) = (Start::Idle { since }, Park::Never);
@@ -591,14 +600,53 @@ where
                         let _ = tokio::time::timeout(GOODBYE, http).await;
                     }
                 }
-                return None; // dropping the connection closes it
+                return Ran::Cut; // dropping the connection closes it
             }
         }
     };
     if let Err(e) = result {
         log_error(&e, conn, shared);
     }
-    None
+    Ran::Ended
+}
+
+/// How [`run`] left a connection.
+enum Ran {
+    /// Idle, in a state hyper's connection can be rebuilt from, since then.
+    Idle(Instant),
+    /// hyper ended it: the client closed, or a response closed it.
+    Ended,
+    /// The watchdog ended it (a timeout).
+    Cut,
+}
+
+/// How long a connection that ends while its client is still sending a request (a body weir
+/// answered without reading: a 413, a 404 to an upload) goes on reading and dropping what comes,
+/// with its own side shut. Closing a socket with unread bytes sends a reset, which can destroy
+/// the response still on its way to the client; nginx does the same (`lingering_close`, for up
+/// to 30 s by default).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Shuts the write side, then reads and drops what the client sends until it closes, for at
+/// most [`LINGER`].
+async fn linger<IO: Socket>(io: Prefixed<IO>) {
+    let tcp = io.tcp();
+    let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+    let mut scratch = vec![0u8; 16 * 1024];
+    let drain = async {
+        loop {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut scratch) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// hyper answers unparsable heads itself (400, or 431 when too large); they are logged like any

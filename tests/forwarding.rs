@@ -492,3 +492,41 @@ async fn max_body_size_gives_413() {
     );
     weir.expect_access_log(413, Some("small")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_refused_with_413_reads_the_413_not_a_reset() {
+    // A client that sends its whole body before it reads (Python's http.client, many others):
+    // weir answers 413 without reading the body, and closing with it unread would reset the
+    // connection, destroying the 413 on its way. weir reads and drops the rest first.
+    let backend = Backend::start("echo").await;
+    let yaml = format!(
+        "{}pools:\n  p:\n    servers:\n{}\
+         routes:\n  - name: small\n    match:\n      path_prefix: \"/\"\n    pool: p\n    max_body_size: 1KiB\n",
+        support::config::LISTENER,
+        servers(&[&backend])
+    );
+    let weir = Weir::start(&yaml).await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(weir.addr()).await.unwrap();
+        let size = 32 << 20;
+        let head = format!("POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n\r\n");
+        let exchange = async {
+            s.write_all(head.as_bytes()).await?;
+            let chunk = vec![b'a'; 1 << 20];
+            for _ in 0..(size >> 20) {
+                s.write_all(&chunk).await?;
+            }
+            let mut resp = Vec::new();
+            s.read_to_end(&mut resp).await?;
+            Ok::<_, std::io::Error>(resp)
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(30), exchange)
+            .await
+            .expect("the exchange within 30 s")
+            .expect("no reset: the 413 is read whole");
+        let text = String::from_utf8_lossy(&resp);
+        assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    }
+    assert_eq!(backend.requests(), 0);
+}
