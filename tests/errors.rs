@@ -297,6 +297,38 @@ async fn connect_is_405_and_reaches_no_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dot_segment_in_the_path_is_400_and_reaches_no_server() {
+    // `/public/../admin` would be routed by `/public` and served as `/admin` by a server that
+    // resolves it; weir refuses it, spelled out or percent-encoded.
+    let (backend, weir) = one_backend().await;
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/a/./b",
+        "/x/%2E%2e",
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        let resp = raw_request(weir.addr(), request.into_bytes(), true).await;
+        assert_eq!(resp.status, 400, "{path}: {:?}", resp.raw);
+        assert_eq!(resp.closed, Some(true), "{path}: {:?}", resp.raw);
+    }
+    // Dots inside a segment are a name like any other.
+    let resp = raw_request(
+        weir.addr(),
+        b"GET /.well-known/a..b/v1.2 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n".to_vec(),
+        true,
+    )
+    .await;
+    assert_eq!(resp.status, 200, "{:?}", resp.raw);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        backend.requests(),
+        1,
+        "only the last request reached the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_400() {
     let (backend, weir) = one_backend().await;
     let request = b"POST /smuggle HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\

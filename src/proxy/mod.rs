@@ -334,6 +334,9 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
     {
         return Err(ProxyError::MethodNotAllowed);
     }
+    if has_dot_segment(req.uri().path()) {
+        return Err(ProxyError::BadRequest("dot segment in path"));
+    }
     // The asterisk form exists only for a server-wide OPTIONS (RFC 9112 §3.2.4).
     if req.uri() == "*" && req.method() != Method::OPTIONS {
         return Err(ProxyError::BadRequest(
@@ -391,6 +394,34 @@ fn check_request<B>(req: &Request<B>, max_uri: usize) -> Result<(), ProxyError> 
         return Err(ProxyError::BadRequest("missing host header"));
     }
     Ok(())
+}
+
+/// Whether a path has a `.` or `..` segment, spelled out or percent-encoded (`%2e`).
+///
+/// Routes match the path as sent, and a server resolves the segments: `/public/../admin` would
+/// be routed by `/public` and served as `/admin`, past a route meant to keep `/admin` elsewhere.
+/// Clients resolve them before sending (RFC 3986 §5.2.4; browsers and curl do), so a request
+/// with one is refused rather than rewritten.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    path.split('/').any(|seg| {
+        let rest = seg
+            .strip_prefix('.')
+            .or_else(|| strip_prefix_ci(seg, "%2e"));
+        match rest {
+            Some("") => true,
+            Some(r) => r == "." || r.eq_ignore_ascii_case("%2e"),
+            None => false,
+        }
+    })
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
 }
 
 /// The request target's length as the client sent it (origin or absolute form).
@@ -1025,6 +1056,43 @@ mod attempts {
             } else {
                 Next::Fail(err)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod dot_segment_tests {
+    use super::has_dot_segment;
+
+    #[test]
+    fn dot_segments_are_found_spelled_out_or_encoded() {
+        for p in [
+            "/..",
+            "/../x",
+            "/a/../b",
+            "/a/./b",
+            "/.",
+            "/a/.",
+            "/%2e%2e/x",
+            "/a/%2E/b",
+            "/.%2e/",
+            "/%2e./",
+            "/a/..",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/a.b",
+            "/...",
+            "/.well-known/x",
+            "/a/..b",
+            "/a/b..",
+            "/%2e%2e%2e",
+            "/v1.2/x",
+            "/%41",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
         }
     }
 }
