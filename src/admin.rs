@@ -46,7 +46,12 @@ fn reply(status: StatusCode, ctype: &'static str, body: impl Into<Bytes>) -> Res
 
 fn route(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    match (req.method(), path) {
+    // HEAD is GET without the body (hyper leaves it out), for probes that only want the status.
+    let method = match req.method() {
+        &Method::HEAD => &Method::GET,
+        m => m,
+    };
+    match (method, path) {
         (&Method::GET, "/metrics") => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -404,6 +404,20 @@ async fn status_counts_open_connections_and_names_the_balancer_as_configured() {
             .unwrap_or_else(|| panic!("no listener {name} in /status: {st}"))
     };
 
+    // HEAD answers like GET, without a body (load balancers probe /healthz this way).
+    let head = raw_request(
+        admin.addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+        true,
+    )
+    .await;
+    assert_eq!(head.status, 200, "{:?}", head.raw);
+    assert!(
+        !head.raw.contains("ok\n"),
+        "a HEAD answer has no body: {:?}",
+        head.raw
+    );
+
     let st = admin.status().await;
     assert_eq!(st["pools"][0]["balance"], "round_robin", "{st}");
     assert_eq!(st["active_connections"], 0, "{st}");

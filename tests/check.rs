@@ -357,6 +357,32 @@ admin:
 }
 
 #[test]
+fn zero_deadlines_and_port_0_redirects_are_errors() {
+    let yaml = r#"listeners:
+  - name: web
+    bind: "127.0.0.1:18080"
+    redirect_https: 0
+pools: {api: {servers: [{address: "127.0.0.1:9001"}], connect_timeout: 0s}}
+routes:
+  - name: r
+    match: { path_prefix: "/" }
+    pool: api
+    timeout: 0ms
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    assert_diag(&diags, yaml, 4, &["redirect_https"], &all);
+    assert_diag(&diags, yaml, 5, &["connect_timeout"], &all);
+    assert_diag(&diags, yaml, 10, &["timeout"], &all);
+    assert_eq!(diags.len(), 3, "{all}");
+}
+
+#[test]
 fn errors_do_not_cascade_onto_valid_references() {
     // Pool `api` exists but has a typo inside it; the route naming it is fine and must not be
     // reported as naming an unknown pool.

@@ -39,6 +39,22 @@ impl Ctx<'_> {
         }
     }
 
+    /// A duration that must not be zero: a zero deadline would fail every request at once.
+    fn positive_duration(
+        &mut self,
+        o: &Origin,
+        field: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Duration {
+        let d = self.duration(o, field, v, default);
+        if d.is_zero() && parse_duration(v.as_deref().unwrap_or("")).is_ok() {
+            self.err(o, field, format!("{field}: must be more than 0"));
+            return default;
+        }
+        d
+    }
+
     fn size(&mut self, o: &Origin, field: &str, v: &Scalar) -> Option<u64> {
         match parse_size(&v.0) {
             Ok(n) => Some(n),
@@ -227,6 +243,9 @@ fn listeners(cx: &mut Ctx, items: &[Item<RawListener>]) -> Vec<ListenerConfig> {
             }
         }
         let tls = l.tls.as_ref().map(|t| tls(cx, o, t));
+        if l.redirect_https == Some(0) {
+            cx.err(o, "redirect_https", "redirect_https: port 0 is not a port");
+        }
         if tls.is_some() && l.redirect_https.is_some() {
             cx.err(
                 o,
@@ -535,7 +554,7 @@ fn pool(cx: &mut Ctx, name: &str, p: &RawPool, o: &Origin) -> PoolConfig {
         health: p.health.as_ref().map(|h| health(cx, o, h)),
         passive: passive(cx, o, p.passive.as_ref()),
         sticky: p.sticky.as_ref().map(|s| sticky(cx, o, s)),
-        connect_timeout: cx.duration(
+        connect_timeout: cx.positive_duration(
             o,
             "connect_timeout",
             &p.connect_timeout,
@@ -858,7 +877,7 @@ fn routes(
             name: r.name.clone(),
             matcher,
             pool,
-            timeout: cx.duration(o, "timeout", &r.timeout, Duration::from_secs(60)),
+            timeout: cx.positive_duration(o, "timeout", &r.timeout, Duration::from_secs(60)),
             stream_idle_timeout: cx.duration(
                 o,
                 "stream_idle_timeout",
