@@ -18,6 +18,7 @@ fn give_back_free_memory() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log_format = cli.log_format;
     if let Command::Check { config, verbose } = &cli.command {
         return match weir::app::check(config, *verbose) {
             Ok(summary) => {
@@ -67,9 +68,17 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // `{e}`, not the `{e:#}` chain: every weir error's message already carries its cause's,
         // and the chain printed each cause twice.
+        // Once: as JSON events (one per line of the message) for a log collector, or as plain
+        // text for a person; both at once printed every error twice.
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("weir: {e}");
+            match log_format {
+                weir::cli::LogFormat::Json => {
+                    for line in e.to_string().lines() {
+                        tracing::error!("{line}");
+                    }
+                }
+                weir::cli::LogFormat::Text => eprintln!("weir: {e}"),
+            }
             ExitCode::FAILURE
         }
     }

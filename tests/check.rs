@@ -830,4 +830,34 @@ fn run_with_a_bad_config_prints_each_error_once() {
     assert_eq!(found.len(), 1, "one error, printed once: {plain:?}");
     assert_eq!(found[0].0, line_of(yaml, "pool: nowhere"), "{plain:?}");
     assert_eq!(plain.matches("nowhere").count(), 1, "{plain:?}");
+    assert_eq!(
+        all.matches("nowhere").count(),
+        1,
+        "printed once in all: {all}"
+    );
+
+    // With JSON logs every stderr line is one JSON object, the error among them once.
+    let out = weir(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut found = 0;
+    for line in stderr.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}\n{stderr}"));
+        found += v["message"]
+            .as_str()
+            .unwrap_or("")
+            .matches("nowhere")
+            .count();
+    }
+    assert_eq!(found, 1, "{stderr}");
 }

@@ -981,6 +981,9 @@ async fn redirect_https_answers_308_to_the_https_port() {
             "Host {host} {path}"
         );
     }
+    // HTTP/1.0 may leave the host out; there is then nowhere to redirect to.
+    let resp = support::raw_request(weir.addr(), b"GET /p HTTP/1.0\r\n\r\n".to_vec(), true).await;
+    assert_eq!(resp.status, 400, "{:?}", resp.raw);
     assert_eq!(
         backend.requests(),
         0,

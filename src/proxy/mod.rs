@@ -452,6 +452,10 @@ fn route(
     }
     check_request(req, conn.listener.config.limits.max_uri_length)?;
     if let Some(port) = conn.listener.config.redirect_https {
+        // An HTTP/1.0 request may come without a host, and there is nowhere to send it.
+        if crate::router::matcher::request_host(req).is_empty() {
+            return Err(ProxyError::BadRequest("no host to redirect to"));
+        }
         done.reason = "redirect_https";
         return Ok(Routed::Reply(Box::new(redirect(req, port))));
     }
