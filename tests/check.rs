@@ -263,6 +263,18 @@ routes:
     assert!(all.contains(&format!("{}:4:", path.display())) || all.contains("weir.yaml:4:"));
 }
 
+/// `weir check` on `yaml` (as `weir.yaml`), which must fail: all it printed, and its diagnostics.
+fn check_invalid(yaml: &str) -> (String, Vec<(u32, u32, String)>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = check(&path);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    let diags = diagnostics(&all, "weir.yaml");
+    (all, diags)
+}
+
 #[test]
 fn one_item_with_several_errors_reports_them_all() {
     // serde stops at an item's first error; weir takes the bad field out and reads on, so a typo
@@ -285,13 +297,7 @@ routes:
     bogus: 1
     retries: many
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = check(&path);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let diags = diagnostics(&all, "weir.yaml");
+    let (all, diags) = check_invalid(yaml);
     let expected = [
         (1, &["listners"][..]),
         (line_of(yaml, "heavy"), &["weight"][..]),
@@ -309,13 +315,7 @@ routes:
 #[test]
 fn a_repeated_key_points_at_the_repeat() {
     let yaml = "routes:\n  - name: a\n    pool: p\n    match: { path_prefix: / }\nroutes:\n  - name: b\n    pool: p\n    match: { path_prefix: / }\n";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = check(&path);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let diags = diagnostics(&all, "weir.yaml");
+    let (all, diags) = check_invalid(yaml);
     assert_eq!(diags.len(), 1, "{all}");
     assert_eq!((diags[0].0, diags[0].1), (5, 1), "{all}");
     assert!(diags[0].2.contains("duplicate key `routes`"), "{all}");
@@ -343,13 +343,7 @@ routes:
 admin:
   bind: "127.0.0.1:18080"
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = check(&path);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let diags = diagnostics(&all, "weir.yaml");
+    let (all, diags) = check_invalid(yaml);
     assert_diag(&diags, yaml, line_of(yaml, "18190"), &["port"], &all);
     assert_diag(&diags, yaml, line_of(yaml, "host: []"), &["empty"], &all);
     assert_diag(&diags, yaml, 16, &["admin.bind", "web"], &all);
@@ -369,13 +363,7 @@ routes:
     pool: api
     timeout: 0ms
 "#;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(&path, yaml).unwrap();
-    let out = check(&path);
-    let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
-    let diags = diagnostics(&all, "weir.yaml");
+    let (all, diags) = check_invalid(yaml);
     assert_diag(&diags, yaml, 4, &["redirect_https"], &all);
     assert_diag(&diags, yaml, 5, &["connect_timeout"], &all);
     assert_diag(&diags, yaml, 10, &["timeout"], &all);
