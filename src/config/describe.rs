@@ -170,10 +170,11 @@ fn pool(s: &mut String, p: &PoolConfig) {
         format!("connect timeout {}", dur(p.connect_timeout)),
         format!("idle {}", dur(p.idle_timeout)),
         format!("{} idle per server and worker", p.max_idle_per_server),
-        match p.protocol {
-            UpstreamProtocol::Http1 => "HTTP/1.1".into(),
-            UpstreamProtocol::Http2 => "HTTP/2".into(),
-            UpstreamProtocol::Auto => "HTTP/1.1 or h2 by ALPN".into(),
+        // `auto` offers h2 by ALPN, which only a TLS pool has.
+        match (p.protocol, p.tls.is_some()) {
+            (UpstreamProtocol::Http1, _) | (UpstreamProtocol::Auto, false) => "HTTP/1.1".into(),
+            (UpstreamProtocol::Http2, _) => "HTTP/2".into(),
+            (UpstreamProtocol::Auto, true) => "HTTP/1.1 or h2 by ALPN".into(),
         },
     ];
     if let Some(t) = &p.tls {

@@ -38,12 +38,19 @@ impl SourceFile {
         }
     }
 
-    /// The position of the value at `path`, or of the nearest enclosing node that exists.
+    /// The position of the value at `path`, or, when it is absent (a default that conflicts with
+    /// another setting), the key of the nearest enclosing node that exists (`health:`, not the
+    /// first line inside it).
     pub fn value_pos(&self, path: &str) -> Pos {
         let mut p = path;
         loop {
             if let Some(s) = self.spans.get(p) {
-                return self.pos(s.value);
+                let at = if p.len() < path.len() {
+                    s.key.unwrap_or(s.value)
+                } else {
+                    s.value
+                };
+                return self.pos(at);
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
@@ -545,6 +552,22 @@ mod tests {
         assert_eq!(spans["routes[0].pool"].key, Some((3, 5)));
         assert_eq!(spans["routes[1].match.path_prefix"].value, (5, 27));
         assert_eq!(spans["routes[1].name"].value, (4, 11));
+    }
+
+    #[test]
+    fn an_absent_field_points_at_its_parents_key() {
+        let text = "pools:\n  api:\n    health:\n      healthy_after: 2\n";
+        let (spans, _) = index_spans(text).unwrap();
+        let file = SourceFile {
+            name: "f.yaml".into(),
+            spans,
+        };
+        let at = |p: &str| {
+            let pos = file.value_pos(p);
+            (pos.line, pos.col)
+        };
+        assert_eq!(at("pools.api.health.timeout"), (3, 5));
+        assert_eq!(at("pools.api.health.healthy_after"), (4, 22));
     }
 
     #[test]
