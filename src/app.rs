@@ -216,7 +216,9 @@ impl Proxy {
 
     async fn try_reload(&mut self, path: &Path) -> Result<u64, AppError> {
         let old = self.shared.runtime.load_full();
-        let generation = self.shared.next_generation();
+        // Reloads run one at a time (`&mut self`), so the serving table's number is the last one
+        // given: a rejected reload uses none up.
+        let generation = old.generation + 1;
         // Reading files, certificates and the system CA store takes tens of milliseconds: off the
         // async workers, so requests are not stalled behind a reload.
         let (p, prev) = (path.to_path_buf(), old.clone());

@@ -11,7 +11,7 @@ use crate::router::Router;
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -117,21 +117,15 @@ pub struct Shared {
     /// Upgraded (WebSocket) connections: they outlive their HTTP connection, so a drain waits for
     /// them separately and they survive reloads.
     pub upgrades: Arc<crate::listener::Tracker>,
-    generation: AtomicU64,
 }
 
 impl Shared {
     pub fn new(rt: Runtime) -> Arc<Shared> {
         Arc::new(Shared {
-            generation: AtomicU64::new(rt.generation),
             runtime: ArcSwap::from_pointee(rt),
             metrics: Metrics::new(),
             draining: AtomicBool::new(false),
             upgrades: Arc::default(),
         })
-    }
-
-    pub fn next_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Relaxed) + 1
     }
 }

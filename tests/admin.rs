@@ -216,6 +216,13 @@ async fn a_reload_moves_the_admin_endpoint() {
     let old = Admin::of(&weir).await;
     assert_eq!(old.status().await["generation"], 1);
 
+    // A rejected reload changes nothing, its generation number included.
+    std::fs::write(&path, "routes: [oops\n").unwrap();
+    weir.signal("HUP");
+    weir.wait_log("the rejected reload", |l| l.contains("reload rejected"))
+        .await;
+    assert_eq!(old.status().await["generation"], 1);
+
     let new_addr = closed_port();
     let moved = config(&backend, "").replace(
         "admin:\n  bind: \"127.0.0.1:0\"",
