@@ -329,11 +329,9 @@ fn item<T: DeserializeOwned>(
         let segments: Vec<Segment> = e.path().iter().cloned().collect();
         let path = render_path(&segments);
         let msg = strip_location(&e.inner().to_string());
-        if let Some(field) = missing_field(&msg) {
-            let full = join_path(&path, field);
-            if removed.contains(&full) {
-                return None;
-            }
+        let missing = missing_field(&msg).map(|f| join_path(&path, f));
+        if missing.as_ref().is_some_and(|f| removed.contains(f)) {
+            return None;
         }
         let pos = match unknown_field(&msg) {
             Some(_) => origin.key(&path),
@@ -345,7 +343,7 @@ fn item<T: DeserializeOwned>(
             (false, false) => format!("{}.{}: {msg}", origin.path, path),
         };
         diags.error(pos, shown);
-        if missing_field(&msg).is_some() || !remove_at(&mut v, &segments) {
+        if missing.is_some() || !remove_at(&mut v, &segments) {
             return None;
         }
         removed.push(path);

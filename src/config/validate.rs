@@ -48,7 +48,8 @@ impl Ctx<'_> {
         default: Duration,
     ) -> Duration {
         let d = self.duration(o, field, v, default);
-        if d.is_zero() && parse_duration(v.as_deref().unwrap_or("")).is_ok() {
+        // The defaults are not zero, so a zero here is what the file says.
+        if d.is_zero() {
             self.err(o, field, format!("{field}: must be more than 0"));
             return default;
         }

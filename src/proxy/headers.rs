@@ -102,17 +102,14 @@ pub fn add_forwarded(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .filter(|p| !p.trim().is_empty());
-    let v = match (prev.next(), prev.next()) {
-        (None, _) => HeaderValue::from_str(ip.as_str()),
-        (Some(one), None) => HeaderValue::from_str(&format!("{one}, {}", ip.as_str())),
-        (Some(first), Some(second)) => {
-            let mut all = format!("{first}, {second}");
-            for p in prev {
+    let v = match prev.next() {
+        None => HeaderValue::from_str(ip.as_str()),
+        Some(first) => {
+            let mut all = first.to_string();
+            for hop in prev.chain([ip.as_str()]) {
                 all.push_str(", ");
-                all.push_str(p);
+                all.push_str(hop);
             }
-            all.push_str(", ");
-            all.push_str(ip.as_str());
             HeaderValue::from_str(&all)
         }
     };

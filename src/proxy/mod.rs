@@ -452,12 +452,9 @@ fn route(
     }
     check_request(req, conn.listener.config.limits.max_uri_length)?;
     if let Some(port) = conn.listener.config.redirect_https {
-        // An HTTP/1.0 request may come without a host, and there is nowhere to send it.
-        if crate::router::matcher::request_host(req).is_empty() {
-            return Err(ProxyError::BadRequest("no host to redirect to"));
-        }
+        let to = redirect(req, port)?;
         done.reason = "redirect_https";
-        return Ok(Routed::Reply(Box::new(redirect(req, port))));
+        return Ok(Routed::Reply(Box::new(to)));
     }
     let idx = rt
         .router
@@ -476,8 +473,12 @@ fn route(
 }
 
 /// 308 to the same host and path on https at `port`.
-fn redirect<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
+fn redirect<B>(req: &Request<B>, port: u16) -> Result<Response<ResponseBody>, ProxyError> {
     let host = crate::router::matcher::request_host(req);
+    // An HTTP/1.0 request may come without a host, and there is nowhere to send it.
+    if host.is_empty() {
+        return Err(ProxyError::BadRequest("no host to redirect to"));
+    }
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -494,7 +495,7 @@ fn redirect<B>(req: &Request<B>, port: u16) -> Response<ResponseBody> {
     if let Ok(v) = HeaderValue::from_str(&location) {
         r.headers_mut().insert(header::LOCATION, v);
     }
-    r
+    Ok(r)
 }
 
 /// Methods that a server may see twice without harm (RFC 9110 §9.2.2).
